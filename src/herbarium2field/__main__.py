@@ -1,0 +1,3 @@
+from herbarium2field.cli import main
+
+main()
