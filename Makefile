@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DEMO   := demo
+# torch/torchvision: the CPU machines this project is built on carry these wheels locally; see docs/CONTRIBUTING.md.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-slow bench lint browser clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import herbarium2field, torch, timm, lightning"
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Headless Chromium for the web-page test (Debian's package; tests skip with a reason when it is absent).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+	   apt-get install -y -q chromium >/dev/null 2>&1)) || echo "note: chromium not installed; browser tests will skip"; }
+
+demo: $(STAMP)
+	$(BIN)/h2f synth $(DEMO)/data --species 20 --seed 0 --force
+	$(BIN)/h2f validate $(DEMO)/data
+	$(BIN)/h2f stats $(DEMO)/data --out $(DEMO)/stats
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP) browser
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(DEMO) runs .pytest_cache

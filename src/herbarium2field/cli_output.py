@@ -1,0 +1,67 @@
+"""Rich rendering of library results for the CLI (kept out of the library so modules stay UI-free)."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from herbarium2field.data.manifest import ERROR_KINDS, Dataset
+from herbarium2field.errors import Problem, where
+
+
+def print_dataset_overview(console: Console, ds: Dataset) -> None:
+    from herbarium2field.data.stats import summary
+
+    s = summary(ds)
+    table = Table(title=f"{ds.root} ({ds.layout} layout)", show_header=True)
+    table.add_column("")
+    table.add_column("images", justify="right")
+    table.add_row("train: herbarium sheets", f"{s['train_herbarium']:,}")
+    table.add_row("train: field photos", f"{s['train_field']:,}")
+    table.add_row("test", f"{s['test']:,}" + ("" if s["test_labelled"] == s["test"] else
+                                            f" ({s['test_labelled']:,} labelled)"))
+    table.add_row("species", f"{s['species']:,}")
+    table.add_row("  with pairs (have field photos)", f"{s['with_pairs_classes']:,}")
+    table.add_row("  without pairs (herbarium only)", f"{s['without_pairs_classes']:,}")
+    console.print(table)
+
+
+def print_problems(console: Console, problems: list[Problem], *, per_kind: int = 10) -> None:
+    by_kind: dict[str, list[Problem]] = defaultdict(list)
+    for p in problems:
+        by_kind[p.kind].append(p)
+    for kind, items in sorted(by_kind.items(), key=lambda kv: (kv[0] not in ERROR_KINDS, kv[0])):
+        style = "red" if kind in ERROR_KINDS else "yellow"
+        label = "error" if kind in ERROR_KINDS else "warning"
+        console.print(f"[{style}]{label}: {len(items)} {kind}[/{style}]")
+        for p in items[:per_kind]:
+            loc = where(p.path, p.line)
+            console.print(f"  {loc + ': ' if loc else ''}{p.message}", highlight=False, soft_wrap=True)
+        if len(items) > per_kind:
+            console.print(f"  ... {len(items) - per_kind} more (use --show or --report)")
+
+
+def write_problems_csv(problems: list[Problem], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["severity", "kind", "file", "line", "message"])
+        for p in problems:
+            w.writerow(["error" if p.kind in ERROR_KINDS else "warning", p.kind, p.path or "", p.line or "", p.message])
+
+
+def print_stats(console: Console, ds: Dataset) -> None:
+    from herbarium2field.data.stats import summary
+
+    print_dataset_overview(console, ds)
+    imb = summary(ds)["imbalance"]
+    t = Table(title="class imbalance (training images per species)")
+    for col in ("min", "median", "max", "max/min", "Gini", "herbarium per field photo"):
+        t.add_column(col, justify="right")
+    t.add_row(str(imb["min"]), f"{imb['median']:g}", str(imb["max"]), f"{imb['ratio']:.2f}", f"{imb['gini']:.3f}",
+              f"{imb['imbalance_ratio_field']:.2f}")
+    console.print(t)

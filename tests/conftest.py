@@ -1,0 +1,73 @@
+"""Shared fixtures: the real shared data (skipped with a reason when absent) and tiny dataset builders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from herbarium2field.paths import shared_data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = shared_data_dir()
+    if not (root / "aml" / "list" / "train.txt").is_file():
+        pytest.skip(f"shared PlantCLEF data not found at {root} (set H2F_SHARED_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def aml_sample(shared_data: Path) -> Path:
+    root = shared_data / "aml-sample"
+    if not (root / "list" / "train.txt").is_file():
+        pytest.skip(f"real image sample not found at {root}")
+    return root
+
+
+def write_jpeg(path: Path, color: tuple[int, int, int] = (120, 160, 90), size: tuple[int, int] = (48, 64)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, "JPEG", quality=85)
+    return path
+
+
+@pytest.fixture
+def make_aml(tmp_path: Path) -> Callable[..., Path]:
+    """Build a small AML-layout dataset; list-file contents can be overridden to inject faults."""
+
+    def build(
+        train: list[str] | None = None,
+        test: list[str] | None = None,
+        groundtruth: list[str] | None = None,
+        species: list[str] | None = None,
+        with_pairs: list[str] | None = None,
+        without_pairs: list[str] | None = None,
+        images: bool = True,
+        newline: str = "\n",
+    ) -> Path:
+        root = tmp_path / "aml"
+        train = train if train is not None else [
+            "train/herbarium/101/1.jpg 101", "train/herbarium/101/2.jpg 101", "train/photo/101/3.jpg 101",
+            "train/herbarium/202/4.jpg 202", "train/herbarium/202/5.jpg 202",
+        ]
+        groundtruth = groundtruth if groundtruth is not None else ["test/6.jpg 101", "test/7.jpg 202"]
+        test = test if test is not None else [g.split()[0] for g in groundtruth]
+        species = species if species is not None else ["101; Aus bus L.", "202; Cus dus (L.) Mill."]
+        with_pairs = with_pairs if with_pairs is not None else ["101"]
+        without_pairs = without_pairs if without_pairs is not None else ["202"]
+        lists = root / "list"
+        lists.mkdir(parents=True, exist_ok=True)
+        for name, lines in [("train.txt", train), ("test.txt", test), ("groundtruth.txt", groundtruth),
+                            ("species_list.txt", species), ("class_with_pairs.txt", with_pairs),
+                            ("class_without_pairs.txt", without_pairs)]:
+            (lists / name).write_bytes(("".join(line + newline for line in lines)).encode())
+        if images:
+            for line in train + test:
+                parts = line.split()
+                if parts and parts[0].startswith(("train/", "test/")):
+                    write_jpeg(root / parts[0])
+        return root
+
+    return build
