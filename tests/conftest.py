@@ -71,3 +71,13 @@ def make_aml(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return build
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic two-domain dataset (6 species, 64 px), shared by the training/evaluation tests."""
+    from herbarium2field.data.synth.generate import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate_dataset(root, species=6, min_images=8, max_images=16, test_per_species=2, size=72, seed=3, workers=1)
+    return root

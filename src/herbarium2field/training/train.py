@@ -1,0 +1,175 @@
+"""``h2f train``: config → data → model → Lightning Trainer → a self-describing run directory."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from herbarium2field.config import ExperimentConfig, load_config, save_config
+from herbarium2field.data.datamodule import H2FDataModule
+from herbarium2field.data.manifest import read_dataset
+from herbarium2field.errors import H2FError
+from herbarium2field.io import write_json
+from herbarium2field.models.backbones import preprocessing_for
+from herbarium2field.models.lightning import H2FLightningModule
+from herbarium2field.paths import runs_dir
+from herbarium2field.training.callbacks import (
+    AtomicCheckpointIO,
+    BackboneWarmup,
+    EpochCSV,
+    EpochSeed,
+    ImagesPerSecondBar,
+    Throughput,
+)
+from herbarium2field.training.run_dir import ModelCard, RunPaths, environment
+
+
+def resolve_run(cfg: ExperimentConfig, *, resume: Path | None) -> tuple[ExperimentConfig, RunPaths, Path | None]:
+    """Decide the run directory and checkpoint to resume from; never overwrite a finished run."""
+    if resume is not None:
+        paths = RunPaths(Path(resume))
+        if not paths.config.is_file():
+            raise H2FError("cannot resume: not a run directory (config.yaml missing)", path=paths.root)
+        if not paths.last.is_file():
+            raise H2FError("cannot resume: no checkpoints/last.ckpt yet (the run ended before its first epoch)",
+                           path=paths.root, hint=f"start it again: rm -r {paths.root} and re-run h2f train")
+        return load_config(paths.config), paths, paths.last
+    paths = RunPaths(runs_dir() / cfg.name)
+    if rank_zero_only.rank == 0 and paths.checkpoints.exists() and any(paths.checkpoints.iterdir()):
+        raise H2FError("run directory already holds checkpoints", path=paths.root,
+                       hint=f"continue it with --resume {paths.root}, or pick another --name")
+    return cfg, paths, None
+
+
+def train(cfg: ExperimentConfig, *, resume: Path | None = None, progress: bool = True) -> RunPaths:
+    """Train one experiment end to end and return its run directory."""
+    cfg, paths, ckpt = resolve_run(cfg, resume=resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ds = read_dataset(cfg.data.root, check="exists", allow_missing=cfg.data.allow_missing)
+    if len(ds.split("train")) == 0:
+        raise H2FError("the dataset has no training images", path=ds.root)
+
+    dm = H2FDataModule(cfg, ds)
+    module = H2FLightningModule(cfg, len(ds.species), class_counts=dm.class_counts(),
+                                with_pairs=np.array([c in ds.with_pairs for c in ds.class_ids]))
+    pre = preprocessing_for(module.net.backbone, weights=cfg.model.weights, image_size=cfg.data.image_size)
+    dm.set_preprocessing(pre)
+    if module.net.load_report is not None and rank_zero_only.rank == 0:
+        print(module.net.load_report.summary())
+
+    if rank_zero_only.rank == 0:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, paths.config)
+        write_json(paths.environment, environment())
+        _write_card(paths, cfg, ds, dm, pre, module, best=None)
+
+    trainer = _trainer(cfg, paths, has_val=len(dm.val_table) > 0, progress=progress)
+    if cfg.trainer.compile:
+        module.net = torch.compile(module.net)  # type: ignore[assignment]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+
+    if trainer.is_global_zero:
+        ckpt_cb = trainer.checkpoint_callback
+        best_path = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else paths.last
+        if best_path.resolve() != paths.best.resolve() and best_path.is_file():
+            shutil.copyfile(best_path, paths.best)
+        score = ckpt_cb.best_model_score if ckpt_cb else None
+        _write_card(paths, cfg, ds, dm, pre, module,
+                    best={"monitor": cfg.train.early_stopping.monitor,
+                          "score": float(score) if score is not None else None,
+                          "epochs_run": trainer.current_epoch})
+    return paths
+
+
+def _trainer(cfg: ExperimentConfig, paths: RunPaths, *, has_val: bool, progress: bool) -> L.Trainer:
+    t = cfg.trainer
+    throughput = Throughput()
+    monitor = cfg.train.early_stopping.monitor if has_val else None
+    callbacks: list = [
+        throughput,
+        EpochSeed(cfg.seed),
+        BackboneWarmup(cfg.train.warmup_epochs),
+        EpochCSV(paths.metrics, cfg.train.warmup_epochs, throughput),
+        ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor=monitor, mode=cfg.train.early_stopping.mode,
+                        save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
+    ]
+    if has_val and cfg.train.early_stopping.patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.train.early_stopping.mode,
+                                       patience=cfg.train.early_stopping.patience, check_on_train_epoch_end=False))
+    if progress:
+        callbacks.append(ImagesPerSecondBar(throughput))
+    extra = {}
+    if t.limit_train_batches is not None:
+        extra["limit_train_batches"] = t.limit_train_batches
+    if t.limit_val_batches is not None:
+        extra["limit_val_batches"] = t.limit_val_batches
+    return L.Trainer(
+        default_root_dir=paths.root,
+        max_epochs=cfg.train.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,  # type: ignore[arg-type]
+        deterministic=t.deterministic,
+        gradient_clip_val=cfg.train.grad_clip,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=TensorBoardLogger(paths.root, name="tb", version="", default_hp_metric=False),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # our BalancedSampler is rank-aware
+        num_sanity_val_steps=0,
+        **extra,
+    )
+
+
+def _write_card(paths: RunPaths, cfg: ExperimentConfig, ds, dm: H2FDataModule, pre, module: H2FLightningModule,  # type: ignore[no-untyped-def]
+                best: dict | None) -> None:
+    m = cfg.model
+    report = module.net.load_report
+    card = ModelCard(
+        name=cfg.name,
+        kind="network",
+        class_ids=ds.class_ids,
+        species=[ds.species[c] for c in ds.class_ids],
+        with_pairs=sorted(ds.with_pairs),
+        preprocessing=pre.to_dict(),
+        model={"backbone": m.backbone, "head": m.head, "pool": m.pool, "embedding_dim": module.net.embedding_dim,
+               "arcface": m.arcface.model_dump() if m.head == "arcface" else None,
+               "weights": m.weights or ("timm hub" if m.pretrained else "random init"),
+               "weights_sha256": report.sha256 if report else None},
+        dataset={"root": str(Path(cfg.data.root).resolve()), "root_as_given": cfg.data.root, "layout": ds.layout,
+                 "train_images": len(dm.train_table), "val_images": len(dm.val_table),
+                 "test_images": len(ds.split("test"))},
+        embedding_dim=module.net.embedding_dim,
+        validation=best or {},
+    )
+    card.save(paths.card)
+
+
+def train_from_cli(config: Path | None, *, data: str | None, name: str | None, overrides: list[str],
+                   resume: Path | None) -> RunPaths:
+    """Merge CLI options into the config (``--data``/``--name`` win over the file) and train."""
+    sets = list(overrides)
+    if data is not None:
+        sets.append(f"data.root={data}")
+    if name is not None:
+        sets.append(f"name={name}")
+    if resume is not None:
+        if config is not None or sets:
+            raise H2FError("--resume continues a run with its own saved config; drop CONFIG/--data/--name/--set")
+        return train(load_config(Path(resume) / "config.yaml"), resume=resume)
+    return train(load_config(config, sets))  # no CONFIG: the defaults of herbarium2field.config

@@ -1,0 +1,138 @@
+"""Training end to end on real (small) components: run directory, determinism, frozen warm-up, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from herbarium2field.config import load_config
+from herbarium2field.errors import H2FError
+from herbarium2field.training.run_dir import ModelCard, load_network
+from herbarium2field.training.train import train
+
+TINY = [
+    "model.backbone=mobilenetv3_small_050", "model.embedding_dim=32", "data.image_size=64", "data.batch_size=16",
+    "data.num_workers=0", "data.val_field_fraction=0.3", "data.val_herbarium_fraction=0.1", "train.epochs=2",
+    "train.warmup_epochs=1", "train.lr_backbone=1e-3", "train.early_stopping.patience=null", "trainer.accelerator=cpu",
+]
+
+
+def tiny_cfg(root: Path, name: str, *extra: str):
+    return load_config(None, [f"data.root={root}", f"name={name}", *TINY, *extra])
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("H2F_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("H2F_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "runs"
+
+
+@pytest.mark.parametrize("head", ["arcface", "softmax"])
+def test_run_directory_is_self_describing(synth_small, runs, head):
+    paths = train(tiny_cfg(synth_small, f"r_{head}", f"model.head={head}"), progress=False)
+    for f in ("config.yaml", "environment.json", "model_card.json", "metrics.csv", "checkpoints/best.ckpt",
+              "checkpoints/last.ckpt"):
+        assert (paths.root / f).is_file(), f
+    assert any((paths.root / "tb").iterdir())
+    card = ModelCard.load(paths.card)
+    assert card.kind == "network" and len(card.class_ids) == 6 and card.embedding_dim == 32
+    assert card.model["head"] == head and card.preprocessing["input_size"] == 64
+    rows = read_metrics(paths.root)
+    assert [r["stage"] for r in rows] == ["warmup", "finetune"]
+    assert all(float(r["val_top1"]) >= 0 for r in rows) and rows[0]["val_top1_with_pairs"] != ""
+    net, card2, cfg = load_network(paths.root)
+    assert cfg.model.head == head and card2.class_ids == card.class_ids
+    with torch.no_grad():
+        assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 6)
+
+
+def test_same_seed_same_metrics(synth_small, runs):
+    a = train(tiny_cfg(synth_small, "a"), progress=False)
+    b = train(tiny_cfg(synth_small, "b"), progress=False)
+    cols = ("train_loss", "val_loss", "val_top1", "val_top5")
+    assert [[r[c] for c in cols] for r in read_metrics(a.root)] == [[r[c] for c in cols] for r in read_metrics(b.root)]
+
+
+def test_warmup_freezes_the_backbone_including_batchnorm(synth_small, runs):
+    paths = train(tiny_cfg(synth_small, "frozen", "train.epochs=1", "train.warmup_epochs=1", "model.weights=" +
+                           str(_backbone_file(runs.parent))), progress=False)
+    ref = torch.load(runs.parent / "backbone.pth")
+    state = torch.load(paths.last, weights_only=False)["state_dict"]
+    for k, v in ref.items():
+        assert torch.equal(state[f"net.backbone.{k}"], v), k  # weights and BN running statistics untouched
+
+
+def _backbone_file(folder: Path) -> Path:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", num_classes=0)
+    torch.save(model.state_dict(), folder / "backbone.pth")
+    return folder / "backbone.pth"
+
+
+def test_existing_run_is_not_overwritten(synth_small, runs):
+    train(tiny_cfg(synth_small, "once", "train.epochs=1"), progress=False)
+    with pytest.raises(H2FError, match="--resume"):
+        train(tiny_cfg(synth_small, "once", "train.epochs=1"), progress=False)
+
+
+def _h2f(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "herbarium2field", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(synth_small, runs, tmp_path):
+    env = {**os.environ, "H2F_RUNS": str(runs), "H2F_CACHE": str(tmp_path / "cache")}
+    sets = [a for s in [f"data.root={synth_small}", *TINY, "train.epochs=3"] for a in ("--set", s)]
+    full = _h2f("train", "--name", "full", *sets, env=env)
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+
+    killed = _h2f("train", "--name", "killed", *sets, env=env)
+    last = runs / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not last.is_file():
+        time.sleep(0.1)
+    killed.send_signal(signal.SIGKILL)  # mid-way through epoch 2 at the latest: no clean shutdown
+    killed.wait()
+    done = len(read_metrics(runs / "killed"))
+    assert 1 <= done < 3 and (runs / "killed" / "checkpoints" / "last.ckpt").is_file()
+    assert not list((runs / "killed" / "checkpoints").glob("*.tmp"))
+
+    resumed = _h2f("train", "--resume", str(runs / "killed"), env=env)
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+    cols = ("epoch", "stage", "train_loss", "val_loss", "val_top1", "val_top5")
+    got = [[r[c] for c in cols] for r in read_metrics(runs / "killed")]
+    want = [[r[c] for c in cols] for r in read_metrics(runs / "full")]
+    assert got == want
+
+
+def test_resume_errors(runs, tmp_path):
+    with pytest.raises(H2FError, match="not a run directory"):
+        train(load_config(None), resume=tmp_path)
+
+
+def test_ddp_on_cpu_with_two_processes(synth_small, runs, tmp_path):
+    env = {**os.environ, "H2F_RUNS": str(runs), "H2F_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    sets = [a for s in [f"data.root={synth_small}", *TINY, "train.epochs=1", "train.warmup_epochs=0",
+                        "trainer.strategy=ddp", "trainer.devices=2"] for a in ("--set", s)]
+    proc = _h2f("train", "--name", "ddp", *sets, env=env)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    assert "MEMBER: 2/2" in out  # Lightning's log line for the second of two processes
+    rows = read_metrics(runs / "ddp")
+    assert len(rows) == 1 and (runs / "ddp" / "checkpoints" / "best.ckpt").is_file()
