@@ -416,12 +416,13 @@ class ImageSource:
         size: int = DEFAULT_SIZE,
         cache_dir: Path | None = None,
         check_fresh: bool = True,
+        use_cache: bool = True,
     ) -> None:
         _check_size(size)
         self.root = Path(root)
         self.size = size
         self.folder = cache_folder(self.root, size, cache_dir)
-        entries = _read_index(self.folder, size)
+        entries = _read_index(self.folder, size) if use_cache else {}
         if check_fresh:
             entries = {rel: key for rel, key in entries.items() if self._still_fresh(rel, key)}
         self._cached: frozenset[str] = frozenset(entries)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -27,11 +25,7 @@ def image_source(ds: Dataset, *, cache: bool = True, size: int | None = None, mi
 
     ``min_size`` is the short side the model needs: a cache smaller than that is not used.
     """
-    size = max(size or DEFAULT_SIZE, min_size)
-    from herbarium2field.paths import default_cache_dir
-
-    cache_dir = default_cache_dir(ds.root) if cache else Path("/nonexistent-h2f-cache")
-    return ImageSource(ds.root, size=size, cache_dir=cache_dir)
+    return ImageSource(ds.root, size=max(size or DEFAULT_SIZE, min_size), use_cache=cache)
 
 
 def labels_of(table: pd.DataFrame, class_index: dict[str, int]) -> np.ndarray:
