@@ -193,3 +193,10 @@ def test_real_sample_images_exist(aml_sample):
     assert ds.errors == []
     assert len(ds.split("train")) == 189 and len(ds.split("test")) == 32
     assert len(ds.with_pairs) == 15
+
+
+def test_interrupted_synthetic_dataset_is_refused(tmp_path):
+    make_folders(tmp_path)
+    (tmp_path / ".h2f-synth.json").write_text('{"complete": false}')
+    with pytest.raises(H2FError, match="not finished"):
+        read_dataset(tmp_path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -44,27 +44,37 @@ def main() -> None:
 # evaluation -> identification. Import the library lazily so `h2f --help` stays fast.
 
 
-@app.command(epilog="Examples:\n\n  h2f synth demo/data\n\n"
-             "  h2f synth /tmp/tiny --species 5 --size 128 --test-per-species 2 --no-contact-sheet\n\n"
-             "  h2f synth synth200 --species 200 --min-images 22 --max-images 50 --seed 3 --workers 8\n\n"
-             "Same seed and options give byte-identical files. Re-running into a previous synth folder replaces "
-             "it; any other non-empty folder is refused.")
+@app.command(
+    epilog="Examples:\n\n  h2f synth demo/data\n\n"
+    "  h2f synth /tmp/tiny --species 5 --size 128 --test-per-species 2 --no-contact-sheet\n\n"
+    "  h2f synth synth200 --species 200 --min-images 22 --max-images 50 --seed 3 --workers 8\n\n"
+    "Same seed and options give byte-identical files. Re-running into a previous synth folder replaces "
+    "it; any other non-empty folder is refused."
+)
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write: new, empty, or a previous `h2f synth` output.")],
+    out: Annotated[
+        Path, typer.Argument(help="Folder to write: new, empty, or a previous `h2f synth` output.")
+    ],
     species: Annotated[int, typer.Option(help="Number of species (classes).")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed: the flora and every image derive from it.")] = 0,
     size: Annotated[int, typer.Option(help="Short side of the written JPEGs in px.")] = 256,
     min_images: Annotated[int, typer.Option(help="Training images of the rarest species.")] = 8,
     max_images: Annotated[int, typer.Option(help="Training images of the commonest species.")] = 40,
-    imbalance: Annotated[float, typer.Option(help="Long-tail steepness: 0 = balanced, 1 = max..min power law.")] = 1.0,
-    field_fraction: Annotated[float, typer.Option(
-        help="Share of field photos in the training images of species with pairs.")] = 0.35,
-    without_pairs: Annotated[float, typer.Option(
-        "--without-pairs", help="Share of species with herbarium sheets only in training.")] = 0.4,
+    imbalance: Annotated[
+        float, typer.Option(help="Long-tail steepness: 0 = balanced, 1 = max..min power law.")
+    ] = 1.0,
+    field_fraction: Annotated[
+        float, typer.Option(help="Share of field photos in the training images of species with pairs.")
+    ] = 0.35,
+    without_pairs: Annotated[
+        float,
+        typer.Option("--without-pairs", help="Share of species with herbarium sheets only in training."),
+    ] = 0.4,
     test_per_species: Annotated[int, typer.Option(help="Test field photos per species (all species).")] = 3,
     workers: Annotated[int, typer.Option(help="Processes (0 = all available cores).")] = 0,
-    contact_sheet: Annotated[bool, typer.Option(
-        "--contact-sheet/--no-contact-sheet", help="Also write OUT/contact_sheet.png.")] = True,
+    contact_sheet: Annotated[
+        bool, typer.Option("--contact-sheet/--no-contact-sheet", help="Also write OUT/contact_sheet.png.")
+    ] = True,
 ) -> None:
     """Generate the built-in synthetic herbarium->field dataset (nothing to download)."""
     from rich.table import Table
@@ -72,22 +82,37 @@ def synth(
     from herbarium2field.data.synth import contact_sheet as make_contact_sheet
     from herbarium2field.data.synth import generate_dataset
 
-    summary = generate_dataset(out, species=species, min_images=min_images, max_images=max_images,
-                               field_fraction=field_fraction, without_pairs=without_pairs,
-                               test_per_species=test_per_species, size=size, imbalance=imbalance, seed=seed,
-                               workers=workers, progress=True)
+    summary = generate_dataset(
+        out,
+        species=species,
+        min_images=min_images,
+        max_images=max_images,
+        field_fraction=field_fraction,
+        without_pairs=without_pairs,
+        test_per_species=test_per_species,
+        size=size,
+        imbalance=imbalance,
+        seed=seed,
+        workers=workers,
+        progress=True,
+    )
     train = summary.herbarium + summary.field
     table = Table(title=f"h2f synth -> {summary.root}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("species", f"{summary.species} ({summary.with_pairs} with pairs, "
-                             f"{summary.without_pairs} without pairs)")
+    table.add_row(
+        "species",
+        f"{summary.species} ({summary.with_pairs} with pairs, {summary.without_pairs} without pairs)",
+    )
     table.add_row("train herbarium sheets", f"{summary.herbarium}")
     table.add_row("train field photos", f"{summary.field} ({summary.field / max(train, 1):.0%} of training)")
     table.add_row("test field photos", f"{summary.test} ({test_per_species} per species)")
     table.add_row("train images per species", f"{summary.min_per_class} to {summary.max_per_class}")
-    table.add_row("speed", f"{summary.images} images in {summary.seconds:.1f} s "
-                           f"({summary.images_per_second:,.0f} images/s, {summary.workers} worker(s))")
+    table.add_row(
+        "speed",
+        f"{summary.images} images in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:,.0f} images/s, {summary.workers} worker(s))",
+    )
     console.print(table)
     if contact_sheet:
         png = make_contact_sheet(summary.root, summary.root / "contact_sheet.png")
@@ -101,7 +126,7 @@ def validate(
     root: Annotated[Path, typer.Argument(help="Dataset root: PlantCLEF/AML lists, train/herbarium folders, or a CSV.")],
     check: Annotated[str, typer.Option(help="How hard to look at images: none | exists | decode.")] = "decode",
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip unusable entries, report them.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Write every problem to this CSV.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write every problem to this CSV.")] = None,
     show: Annotated[int, typer.Option(help="Problems to print per kind.")] = 10,
     workers: Annotated[int, typer.Option(help="Processes for decoding (0 = all cores).")] = 0,
 ) -> None:
@@ -134,7 +159,7 @@ def validate(
 @app.command(epilog="Examples:\n\n  h2f stats ../shared/data/aml --out stats/aml\n\n  h2f stats demo/data")
 def stats(
     root: Annotated[Path, typer.Argument(help="Dataset root (list files alone are enough).")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: stats/<dataset name>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: stats/<dataset name>).")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip malformed entries.")] = False,
 ) -> None:
     """Per-class herbarium/field counts, pairs groups, imbalance; CSV, Markdown and a balance plot."""
@@ -189,11 +214,11 @@ def prepare(
              "  h2f train configs/convnextv2_nano_arcface.yaml --set trainer.devices=4 --set trainer.strategy=ddp\n\n"
              "  h2f train --resume runs/demo_arcface")
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment YAML (see configs/).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Dataset root (overrides data.root).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Run name: writes runs/NAME (overrides name).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting: key.sub=value.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="Experiment YAML (see configs/).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset root (overrides data.root).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name: writes runs/NAME (overrides name).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any setting: key.sub=value.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
 ) -> None:
     """Train a backbone + softmax/ArcFace head (PyTorch Lightning); writes runs/NAME/."""
     from herbarium2field.training.train import train_from_cli

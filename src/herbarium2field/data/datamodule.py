@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import lightning as L
 import numpy as np
 import pandas as pd

@@ -124,6 +124,7 @@ def detect_layout(root: Path) -> tuple[str, Path]:
     if not root.is_dir():
         raise H2FError("dataset root does not exist", path=root,
                        hint="pass a folder with list/train.txt, a train/herbarium/<species>/ folder, or a .csv manifest")
+    _refuse_interrupted_synth(root)
     if (root / "list" / "train.txt").is_file():
         return "aml", root
     if (root / "train.txt").is_file() and root.name == "list":
@@ -138,6 +139,21 @@ def detect_layout(root: Path) -> tuple[str, Path]:
         hint="expected list/train.txt (PlantCLEF/AML lists), train/herbarium/<species>/ folders, "
         "or a manifest.csv with columns path,class_id,domain,split",
     )
+
+
+def _refuse_interrupted_synth(root: Path) -> None:
+    """A folder that ``h2f synth`` did not finish has images but no lists: say so instead of half-reading it."""
+    import json
+
+    marker = root / ".h2f-synth.json"
+    if marker.is_file():
+        try:
+            complete = json.loads(marker.read_text()).get("complete", True)
+        except (OSError, ValueError):
+            complete = True
+        if not complete:
+            raise H2FError("this synthetic dataset was not finished (h2f synth was interrupted)", path=root,
+                           hint=f"run `h2f synth {root}` again")
 
 
 def read_dataset(root: str | Path, *, check: Check = "exists", allow_missing: bool = False,

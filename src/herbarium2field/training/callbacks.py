@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 import time
 from pathlib import Path
 from typing import Any
-
-import random
 
 import lightning as L
 import numpy as np
