@@ -142,19 +142,7 @@ class ExperimentConfig(_Strict):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML config (or the defaults) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("config file not found", path=path, hint="see configs/ for examples")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=path,
-                              line=line + 1 if line is not None else None) from None
-        if not isinstance(raw, dict):
-            raise ConfigError("expected a mapping of settings at the top level", path=path)
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -165,6 +153,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid config: {msgs}", path=path) from None
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one config file; ``base: other.yaml`` (relative to this file) is read first and overridden."""
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path, hint="see configs/ for examples")
+    if path.resolve() in seen:
+        raise ConfigError("config files include each other in a loop", path=path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=path,
+                          line=line + 1 if line is not None else None) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping of settings at the top level", path=path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return _merge(_read_yaml(path.parent / str(base), (*seen, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
