@@ -61,22 +61,43 @@ def loader_rate(loader: DataLoader, batches: int) -> float:
 
 
 def ours(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float]:
-    cfg = load_config(None, [
-        f"data.root={data}", f"model.backbone={args.backbone}", "model.head=arcface", f"data.batch_size={args.batch}",
-        f"data.num_workers={args.workers}", "data.image_size=224", "train.warmup_epochs=0", "train.epochs=1",
-        "data.val_field_fraction=0", f"trainer.precision={'bf16-mixed' if gpu else '32-true'}",
-        f"trainer.channels_last={str(gpu).lower()}", "trainer.deterministic=false",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={data}",
+            f"model.backbone={args.backbone}",
+            "model.head=arcface",
+            f"data.batch_size={args.batch}",
+            f"data.num_workers={args.workers}",
+            "data.image_size=224",
+            "train.warmup_epochs=0",
+            "train.epochs=1",
+            "data.val_field_fraction=0",
+            f"trainer.precision={'bf16-mixed' if gpu else '32-true'}",
+            f"trainer.channels_last={str(gpu).lower()}",
+            "trainer.deterministic=false",
+        ],
+    )
     ds = read_dataset(data, check="none")
     dm = H2FDataModule(cfg, ds)
     module = H2FLightningModule(cfg, len(ds.species))
     dm.set_preprocessing(preprocessing_for(module.net.backbone, image_size=224))
     loader_ips = loader_rate(dm.train_dataloader(), args.steps)
     timer = StepTimer(skip=2)
-    trainer = L.Trainer(max_steps=args.steps + 2, accelerator="gpu" if gpu else "cpu", devices=1,
-                        precision=cfg.trainer.precision, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-                        use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=args.steps + 2,
+        accelerator="gpu" if gpu else "cpu",
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=dm)
     return timer.images / max(timer.seconds, 1e-9), loader_ips
 
@@ -85,11 +106,24 @@ def plain(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float
     """What a user would write by hand: ImageFolder over the herbarium + field folders, full JPEG decode."""
     model = timm.create_model(args.backbone, num_classes=len(list((data / "train" / "herbarium").iterdir())))
     cfg = timm.data.resolve_data_config({}, model=model)
-    tf = T.Compose([T.RandomResizedCrop(224, scale=(0.35, 1.0)), T.RandomHorizontalFlip(), T.ColorJitter(0.2, 0.2, 0.2),
-                    T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
+    tf = T.Compose(
+        [
+            T.RandomResizedCrop(224, scale=(0.35, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(0.2, 0.2, 0.2),
+            T.ToTensor(),
+            T.Normalize(cfg["mean"], cfg["std"]),
+        ]
+    )
     folder = datasets.ImageFolder(str(data / "train" / "herbarium"), transform=tf)
-    loader = DataLoader(folder, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
-                        persistent_workers=args.workers > 0)
+    loader = DataLoader(
+        folder,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
     loader_ips = loader_rate(loader, args.steps)
     device = torch.device("cuda" if gpu else "cpu")
     model = model.to(device)
@@ -132,27 +166,47 @@ def main() -> None:
         args.batch, args.steps, args.workers = max(args.batch, 128), max(args.steps, 30), 12
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        generate_dataset(data, species=20, min_images=40, max_images=40, size=args.size, seed=0, workers=args.workers)
+        generate_dataset(
+            data, species=20, min_images=40, max_images=40, size=args.size, seed=0, workers=args.workers
+        )
         ours_train, ours_loader = ours(data, args, gpu)
         plain_train, plain_loader = plain(data, args, gpu)
     rows = [
-        {"pipeline": "herbarium2field", "train_images_per_s": ours_train, "loader_images_per_s": ours_loader,
-         "loader_over_train": ours_loader / ours_train},
-        {"pipeline": "plain timm + ImageFolder", "train_images_per_s": plain_train, "loader_images_per_s": plain_loader,
-         "loader_over_train": plain_loader / plain_train},
+        {
+            "pipeline": "herbarium2field",
+            "train_images_per_s": ours_train,
+            "loader_images_per_s": ours_loader,
+            "loader_over_train": ours_loader / ours_train,
+        },
+        {
+            "pipeline": "plain timm + ImageFolder",
+            "train_images_per_s": plain_train,
+            "loader_images_per_s": plain_loader,
+            "loader_over_train": plain_loader / plain_train,
+        },
     ]
     result = {
-        "benchmark": "train_throughput", "backbone": args.backbone, "input_size": 224, "batch": args.batch,
-        "steps_timed": args.steps, "loader_workers": args.workers, "device": "cuda" if gpu else "cpu",
-        "precision": "bf16-mixed + channels_last" if gpu else "fp32", "rows": rows,
-        "ratios": {"ours_over_plain_train": ours_train / plain_train,
-                   "ours_loader_over_ours_train": ours_loader / ours_train},
+        "benchmark": "train_throughput",
+        "backbone": args.backbone,
+        "input_size": 224,
+        "batch": args.batch,
+        "steps_timed": args.steps,
+        "loader_workers": args.workers,
+        "device": "cuda" if gpu else "cpu",
+        "precision": "bf16-mixed + channels_last" if gpu else "fp32",
+        "rows": rows,
+        "ratios": {
+            "ours_over_plain_train": ours_train / plain_train,
+            "ours_loader_over_ours_train": ours_loader / ours_train,
+        },
         "machine": machine_info(),
     }
     path = write_result(f"train_{'gpu' if gpu else 'cpu'}", result)
     print_table(f"training throughput, {args.backbone} @224, batch {args.batch} ({result['device']})", rows)
-    print(f"ours/plain training: {result['ratios']['ours_over_plain_train']:.2f}x; "
-          f"our loader/our training: {result['ratios']['ours_loader_over_ours_train']:.1f}x (target >= 3x)")
+    print(
+        f"ours/plain training: {result['ratios']['ours_over_plain_train']:.2f}x; "
+        f"our loader/our training: {result['ratios']['ours_loader_over_ours_train']:.1f}x (target >= 3x)"
+    )
     print(f"written to {path}")
 
 

@@ -81,3 +81,22 @@ def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
     generate_dataset(root, species=6, min_images=8, max_images=16, test_per_species=2, size=72, seed=3, workers=1)
     return root
+
+
+#: Settings for a tiny but real network (a few seconds on 2 cores); tests add their own overrides.
+TINY = [
+    "model.backbone=mobilenetv3_small_050", "model.embedding_dim=32", "data.image_size=64", "data.batch_size=16",
+    "data.num_workers=0", "data.val_field_fraction=0.3", "data.val_herbarium_fraction=0.1", "train.epochs=2",
+    "train.warmup_epochs=1", "train.lr_backbone=1e-3", "train.early_stopping.patience=null", "trainer.accelerator=cpu",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained ArcFace run on ``synth_small`` shared by evaluation/identification tests (read-only use)."""
+    from herbarium2field.config import load_config
+    from herbarium2field.training.train import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, [f"data.root={synth_small}", "name=tiny", *TINY, "train.epochs=3"])
+    return train(cfg, progress=False, runs_root=runs).root

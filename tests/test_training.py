@@ -17,12 +17,7 @@ from herbarium2field.config import load_config
 from herbarium2field.errors import H2FError
 from herbarium2field.training.run_dir import ModelCard, load_network
 from herbarium2field.training.train import train
-
-TINY = [
-    "model.backbone=mobilenetv3_small_050", "model.embedding_dim=32", "data.image_size=64", "data.batch_size=16",
-    "data.num_workers=0", "data.val_field_fraction=0.3", "data.val_herbarium_fraction=0.1", "train.epochs=2",
-    "train.warmup_epochs=1", "train.lr_backbone=1e-3", "train.early_stopping.patience=null", "trainer.accelerator=cpu",
-]
+from tests.conftest import TINY
 
 
 def tiny_cfg(root: Path, name: str, *extra: str):

@@ -227,5 +227,349 @@ def train(
     console.print(f"run written to [bold]{paths.root}[/bold]")
 
 
+@app.command(epilog="Examples:\n\n  h2f evaluate runs/demo_arcface\n\n"
+             "  h2f evaluate runs/demo_arcface --mode both --prototype-source shifted\n\n"
+             "  h2f evaluate runs/convnextv2_nano_arcface --split val --tta flip\n\n"
+             "  h2f evaluate runs/lite0_logreg  # a classic run from h2f fit-classic")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory (h2f train or h2f fit-classic).")],
+    data: Annotated[str | None, typer.Option(help="Dataset root (default: the one the run was trained on).")] = None,
+    split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
+    mode: Annotated[str, typer.Option(help="classifier | prototype | both.")] = "classifier",
+    prototype_source: Annotated[str, typer.Option(
+        help="Prototype embeddings: herbarium | field | both | weighted | shifted.")] = "both",
+    field_weight: Annotated[float, typer.Option(help="Field share of 'weighted'/'shifted' prototypes.")] = 0.5,
+    tta: Annotated[str | None, typer.Option(help="Test-time augmentation: flip | multicrop.")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0 = none).")] = 1000,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip missing images.")] = False,
+    workers: Annotated[int, typer.Option(help="Data loader processes.")] = 2,
+) -> None:
+    """Top-1/top-5/MRR overall, with pairs and without pairs (95% CIs), per class, confusions, predictions."""
+    from herbarium2field.cli_output import print_metrics
+    from herbarium2field.evaluation.evaluate import evaluate_run
+
+    for r in evaluate_run(run, data=data, split=split, mode=mode, tta=tta, prototype_source=prototype_source,
+                          field_weight=field_weight, n_boot=n_boot, allow_missing=allow_missing, progress=True,
+                          num_workers=workers):
+        print_metrics(console, r)
+        console.print(f"written to [bold]{r.out_dir}[/bold]")
+
+
+@app.command(epilog="Examples:\n\n  h2f tsne runs/demo_softmax runs/demo_arcface\n\n"
+             "  h2f tsne runs/convnextv2_nano_arcface --split all --perplexity 50 --color-by group")
+def tsne(
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories (shown with the same styling).")],
+    split: Annotated[str, typer.Option(help="all (train + test: both domains) | test | train | val.")] = "all",
+    perplexity: Annotated[float, typer.Option(help="t-SNE perplexity.")] = 30.0,
+    color_by: Annotated[str, typer.Option(help="species (a few named species) | group (with/without pairs).")]
+    = "species",
+    layout: Annotated[str, typer.Option(help="rows (stacked, the headline figure) | cols.")] = "rows",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: tsne/<run names>).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """t-SNE of the embeddings, several runs side by side, with silhouette and domain-mixing scores."""
+    from herbarium2field.evaluation.tsne_runs import tsne_runs
+
+    if split not in ("test", "train", "val", "all"):
+        raise typer.BadParameter(f"--split must be test, train, val or all, not {split!r}")
+    out = out or Path("tsne") / "_vs_".join(r.name for r in runs)
+    res = tsne_runs(runs, out, split=split, perplexity=perplexity, seed=seed, color_by=color_by, layout=layout)
+    for r in res["numbers"]["runs"]:
+        sil, mix = r["silhouette"], r["domain_mixing"]
+        console.print(f"{r['run']}: silhouette {sil if sil is None else f'{sil:.3f}'}, "
+                      f"domain mixing {mix if mix is None else f'{mix:.3f}'} ({r['points']} points)")
+    console.print(f"wrote [bold]{res['png']}[/bold] and {res['csv']}")
+
+
+@app.command(epilog="Examples:\n\n  h2f compare runs/demo_softmax runs/demo_arcface\n\n"
+             "  h2f compare runs/* --split test --rank-by top5_overall --out docs/results")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (their eval/<split>-*/ results).")],
+    split: Annotated[str, typer.Option(help="Which evaluations to compare.")] = "test",
+    rank_by: Annotated[str, typer.Option(help="Column to rank by: {top1,top5,mrr}_{overall,with_pairs,without_pairs}.")]
+    = "top1_without_pairs",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("comparison"),
+) -> None:
+    """Markdown table + grouped bar chart of top-1/top-5/MRR by species group, ranked."""
+    from herbarium2field.evaluation.compare import compare as run_compare
+
+    _, md, png = run_compare(runs, out, split=split, rank_by=rank_by)
+    console.print(md, highlight=False, soft_wrap=True)
+    console.print(f"wrote [bold]{out / 'comparison.md'}[/bold] and {png}")
+
+
+@app.command(epilog="Examples:\n\n  h2f report runs/demo_arcface\n\n  h2f report runs/lite0_logreg --no-tsne")
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    split: Annotated[str, typer.Option(help="Split whose evaluations are reported.")] = "test",
+    tsne: Annotated[bool, typer.Option("--tsne/--no-tsne", help="Include a t-SNE map.")] = True,
+) -> None:
+    """One report.md (+ self-contained HTML) with config, dataset, curves, metrics, confusions, t-SNE."""
+    from herbarium2field.evaluation.report import build_report
+
+    md, html = build_report(run, split=split, with_tsne=tsne)
+    console.print(f"wrote [bold]{md}[/bold] and {html}")
+
+
+# ---- identification for people: gallery, calibration, identify, ONNX export, web server (issue 6) ------
+
+
+@app.command(epilog="Examples:\n\n  h2f index runs/demo_arcface\n\n"
+             "  h2f index runs/convnextv2_nano_arcface --data ../shared/data/aml --force\n\n"
+             "Writes RUN/gallery/ (embeddings, thumbnails, faiss index) and RUN/calibration.json. Re-running is "
+             "cheap: both are rebuilt only when the checkpoint or the images change (or with --force).")
+def index(
+    run: Annotated[Path, typer.Argument(help="Run directory (h2f train or h2f fit-classic).")],
+    data: Annotated[Path | None, typer.Option(help="Dataset root (default: the one the run was trained on).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if up to date.")] = False,
+    target_precision: Annotated[float, typer.Option(
+        help="Precision at rank 1 the 'confident' threshold must give on validation photos.")] = 0.9,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    workers: Annotated[int, typer.Option(help="Data loader processes.")] = 2,
+) -> None:
+    """Build the run's herbarium gallery (embeddings, thumbnails, faiss index) and calibrate its threshold."""
+    from herbarium2field.identify.calibrate import describe
+    from herbarium2field.identify.commands import index_run
+
+    if not 0 < target_precision <= 1:
+        raise typer.BadParameter("--target-precision must be in (0, 1]")
+    res = index_run(run, data=data, force=force, target=target_precision, batch_size=batch_size,
+                    num_workers=workers)
+    g = res.gallery
+    if g.up_to_date:
+        console.print(f"gallery [green]up to date[/green]: {g.images} herbarium sheets in {g.folder}")
+    else:
+        console.print(f"gallery built ({g.reason}): [bold]{g.images}[/bold] herbarium sheets, {g.index}, "
+                      f"in {g.seconds:.1f} s -> {g.folder}")
+    for rel, reason in g.skipped[:20]:
+        err_console.print(f"  skipped {rel}: {reason}", highlight=False, markup=False)
+    if len(g.skipped) > 20:
+        err_console.print(f"  ... and {len(g.skipped) - 20} more skipped")
+    state = "[green]up to date[/green]" if res.calibration_up_to_date else "calibrated"
+    console.print(f"confidence {state}: {describe(res.calibration)}", highlight=False)
+
+
+@app.command(epilog="Examples:\n\n  h2f calibrate runs/demo_arcface\n\n"
+             "  h2f calibrate runs/demo_arcface --target-precision 0.95 --force")
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    data: Annotated[Path | None, typer.Option(help="Dataset root (default: the one the run was trained on).")] = None,
+    target_precision: Annotated[float, typer.Option(help="Precision at rank 1 to reach on validation photos.")] = 0.9,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if up to date.")] = False,
+) -> None:
+    """Choose the 'no confident match' threshold on the run's validation photos (also done by h2f index)."""
+    from herbarium2field.identify.calibrate import calibrate_run, describe
+    from herbarium2field.identify.commands import dataset_for, run_card
+    from herbarium2field.identify.predictor import load_predictor
+
+    if not 0 < target_precision <= 1:
+        raise typer.BadParameter("--target-precision must be in (0, 1]")
+    ds = dataset_for(run, run_card(run), data)
+    cal, fresh = calibrate_run(run, load_predictor(run), ds, target=target_precision, force=force, progress=True)
+    console.print(("[green]up to date[/green]: " if fresh else "") + describe(cal), highlight=False)
+    comb = cal.get("combination", {})
+    for key, row in comb.items():
+        if key.startswith("groups_of_"):
+            console.print(f"  {row['groups']} groups of {key[10:]} photos of one species: top-1 "
+                          f"mean of probabilities {row['probabilities']:.1%}, "
+                          f"geometric mean {row['geometric']:.1%} (single photos {comb['single']['top1']:.1%})")
+
+
+@app.command(epilog="Examples:\n\n  h2f identify runs/demo_arcface photo.jpg\n\n"
+             "  h2f identify runs/demo_arcface leaf.jpg flower.jpg --top-k 3\n\n"
+             "  h2f identify runs/demo_arcface photo.jpg --json --backend onnx\n\n"
+             "Several photos are taken as photos of ONE plant and combined into one answer.")
+def identify(
+    run: Annotated[Path, typer.Argument(help="Run directory with a gallery (h2f index).")],
+    photos: Annotated[list[Path], typer.Argument(help="One or more field photos of the same plant.")],
+    top_k: Annotated[int, typer.Option(help="Species to list.")] = 5,
+    sheets: Annotated[int, typer.Option(help="Herbarium sheets shown per species.")] = 3,
+    json_: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    backend: Annotated[str, typer.Option(help="torch | onnx (needs h2f export).")] = "torch",
+    combine: Annotated[str, typer.Option(
+        help="How photos are combined: probabilities (mean) | geometric (mean of log-probabilities).")] = "probabilities",
+) -> None:
+    """Identify a plant from field photos: likely species with the herbarium sheets that back the answer."""
+    import json as json_lib
+
+    from herbarium2field.identify.combine import COMBINE_METHODS
+    from herbarium2field.identify.commands import PhotoErrors, load_photos, run_card
+    from herbarium2field.identify.render import print_identification
+    from herbarium2field.identify.service import Identifier, photo_min_side
+
+    if combine not in COMBINE_METHODS:
+        raise typer.BadParameter(f"--combine must be one of {', '.join(COMBINE_METHODS)}")
+    if top_k < 1 or sheets < 0:
+        raise typer.BadParameter("--top-k must be >= 1 and --sheets >= 0")
+    card = run_card(run)
+    try:  # photos first: a bad photo is reported at once, before the model loads
+        images, names = load_photos(photos, photo_min_side(card.preprocessing["input_size"]))
+    except PhotoErrors as exc:
+        for line in exc.lines:
+            err_console.print(f"[bold red]error:[/bold red] {line}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(2) from None
+    ident = Identifier(run, backend=backend)
+    answer = ident.identify(images, names, top_k=top_k, sheets=sheets, method=combine)
+    if json_:
+        print(json_lib.dumps(answer, indent=2))
+    else:
+        print_identification(console, answer)
+
+
+@app.command(epilog="Examples:\n\n  h2f export runs/demo_arcface --format onnx\n\n"
+             "Writes RUN/export/model.onnx (+ meta.json), checked against PyTorch; then use --backend onnx "
+             "with h2f identify and h2f serve.")
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    format_: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    force: Annotated[bool, typer.Option("--force", help="Re-export even if up to date.")] = False,
+) -> None:
+    """Export the run's model to ONNX for fast CPU inference with ONNX Runtime."""
+    if format_ != "onnx":
+        raise typer.BadParameter(f"unknown format {format_!r}; only onnx is supported")
+    from herbarium2field.identify.onnx_export import export_onnx
+
+    r = export_onnx(run, force=force)
+    if r.up_to_date:
+        console.print(f"[green]up to date[/green]: {r.path}")
+        return
+    console.print(f"exported {r.path} in {r.seconds:.1f} s; vs PyTorch: embeddings max |diff| "
+                  f"{r.max_abs_diff_embeddings:.1e} (min cosine {r.min_cosine:.6f}), scores max |diff| "
+                  f"{r.max_abs_diff_scores:.1e}, same top-5: {'yes' if r.same_top5 else 'NO'}", highlight=False)
+
+
+@app.command(epilog="Examples:\n\n  h2f serve runs/demo_arcface\n\n"
+             "  h2f serve runs/demo_arcface --port 8080 --backend onnx\n\n"
+             "Open http://127.0.0.1:8000/ for the web page, /docs for the API. Listens on localhost only unless "
+             "--host says otherwise.")
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run directory with a gallery (h2f index).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    backend: Annotated[str, typer.Option(help="torch | onnx (needs h2f export).")] = "torch",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted photo, in MB.")] = 15.0,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
+) -> None:
+    """Serve identification over HTTP: a web page for people and a JSON API."""
+    from herbarium2field.serve.app import run_server
+
+    run_server(run, host=host, port=port, backend=backend, max_upload_mb=max_upload_mb, threads=threads)
+
+
+@app.command(epilog="Examples:\n\n"
+             "  h2f embed ../shared/data/aml-sample --backbone efficientnet_lite0 --weights efficientnet_lite0:offline "
+             "features/sample-lite0\n\n"
+             "  h2f embed data/aml --backbone vit_base_patch14_reg4_dinov2.lvd142m --weights model_best.pth.tar "
+             "--size 518 features/aml-plantclef\n\n"
+             "  h2f embed data/aml --run runs/convnext_arcface features/aml-convnext\n\n"
+             "Interrupted? Run the same command again: finished shards are kept. A cache made with another "
+             "backbone, weights, preprocessing or image list is refused (--force rebuilds it).")
+def embed(
+    data: Annotated[Path, typer.Argument(help="Dataset root: PlantCLEF/AML lists, train/herbarium folders, or a CSV.")],
+    out: Annotated[Path, typer.Argument(help="Cache folder to write (or to continue).")],
+    backbone: Annotated[str | None, typer.Option(help="timm model name, e.g. efficientnet_lite0.")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Local weights file (state dict, timm, Lightning, PlantCLEF checkpoint) or efficientnet_lite0:offline.")] = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Download timm hub weights instead.")] = False,
+    size: Annotated[int | None, typer.Option(help="Input size in px (default: the backbone's).")] = None,
+    mean: Annotated[str | None, typer.Option(help="Override normalisation mean, e.g. 0.5,0.5,0.5.")] = None,
+    std: Annotated[str | None, typer.Option(help="Override normalisation std, e.g. 0.5,0.5,0.5.")] = None,
+    run: Annotated[Path | None, typer.Option(help="Embed with a trained `h2f train` run instead.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[int, typer.Option(help="Data-loading processes.")] = 2,
+    shard_size: Annotated[int, typer.Option(help="Images per shard file (the unit of resuming).")] = 1024,
+    dtype: Annotated[str, typer.Option(help="Stored precision: float16 | float32.")] = "float16",
+    precision: Annotated[str, typer.Option(help="Compute precision: auto (bf16 on GPU) | fp32 | bf16.")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Stop after about this many new images (re-run continues).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild a cache made differently.")] = False,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip unusable list entries.")] = False,
+) -> None:
+    """Embed every image (all splits) with a frozen network into a resumable feature cache."""
+    from herbarium2field.features.extract import ExtractorSpec, embed_dataset
+
+    spec = ExtractorSpec(backbone=backbone, weights=weights, pretrained=pretrained, size=size,
+                         mean=_triple(mean, "--mean"), std=_triple(std, "--std"), run=run)
+    rep = embed_dataset(data, out, spec, batch_size=batch_size, num_workers=workers, shard_size=shard_size,
+                        dtype=dtype, force=force, max_images=limit, precision=precision,
+                        allow_missing=allow_missing, progress=True)
+    ex = rep.extractor
+    if ex.load_summary:
+        console.print(f"weights: {ex.load_summary}", highlight=False)
+    for w in ex.load_warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    console.print(f"{rep.out}: {rep.n_images} images x {rep.dim} ({ex.backbone}, {ex.pre.input_size}px); "
+                  f"{rep.embedded} embedded now ({rep.images_per_s:,.1f} images/s), {rep.reused} reused",
+                  highlight=False)
+    if rep.failed:
+        err_console.print(f"[bold red]{len(rep.failed)} image(s) could not be decoded[/bold red] and have no "
+                          "embedding (left out of fitting, ranked last in evaluation):", highlight=False)
+        for p in rep.failed[:20]:
+            err_console.print(f"  {p}", highlight=False, markup=False)
+    if not rep.complete:
+        console.print("[yellow]not finished[/yellow] (--limit): run the same command again to continue.")
+
+
+def _triple(text: str | None, name: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise H2FError(f"{name} needs three comma-separated numbers (R,G,B), got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+@app.command("fit-classic", epilog="Examples:\n\n"
+             "  h2f fit-classic features/sample-lite0 --classifier logreg --out runs/lite0_logreg\n\n"
+             "  h2f fit-classic features/aml-plantclef --classifier svm -o C=0.05 --align coral --out runs/pc_svm\n\n"
+             "  h2f fit-classic features/aml-plantclef --classifier knn -o k=10 --domains herbarium --out runs/pc_knn\n\n"
+             "Options: logreg C, class_weight, scale, max_iter; svm C, class_weight, scale, cv, max_iter; knn k.")
+def fit_classic_command(
+    features: Annotated[Path, typer.Argument(help="Embedding cache folder written by `h2f embed`.")],
+    out: Annotated[Path, typer.Option(help="Run directory to write, e.g. runs/lite0_logreg.")],
+    classifier: Annotated[str, typer.Option(help="logreg | svm | knn | ncm.")] = "logreg",
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="Classifier option KEY=VALUE (repeatable), e.g. -o C=10.")] = None,
+    align: Annotated[str, typer.Option(help="Domain alignment: none | standardize | coral.")] = "none",
+    align_reg: Annotated[float, typer.Option(help="CORAL covariance regularisation (x mean variance).")] = 1.0,
+    domains: Annotated[str, typer.Option(help="Fit on both | herbarium | field training images.")] = "both",
+    val_field_fraction: Annotated[float, typer.Option(
+        help="Hold out this share of training field photos and report top-1/top-5 on them.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the validation hold-out.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory.")] = False,
+) -> None:
+    """Fit a classical classifier (logreg, svm, knn, ncm) on cached frozen features; writes a run directory."""
+    import time
+
+    import yaml
+
+    from herbarium2field.features.classic import fit_classic, save_classic
+
+    opts = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise H2FError(f"--option needs KEY=VALUE, got {item!r}")
+        opts[key.strip()] = yaml.safe_load(value)
+    t0 = time.perf_counter()
+    model = fit_classic(features, classifier, opts, align=align, align_reg=align_reg, domains=domains,
+                        val_field_fraction=val_field_fraction, seed=seed, name=out.name)
+    paths = save_classic(model, out, force=force)
+    m, d = model.card.model, model.card.dataset
+    console.print(f"{classifier} ({', '.join(f'{k}={v}' for k, v in m['options'].items()) or 'no options'}; "
+                  f"align {align}) on {d['train_images']} training images ({d['train_herbarium']} herbarium, "
+                  f"{d['train_field']} field) of {m['classes_trained']} species in {time.perf_counter() - t0:.1f} s",
+                  highlight=False)
+    for key in ("calibration", "warning"):
+        if key in m:
+            console.print(f"{key}: {m[key]}", highlight=False)
+    if model.card.validation:
+        v = model.card.validation
+        console.print(f"validation ({v['n']} field photos): top-1 {v['val_top1']:.3f}, top-5 {v['val_top5']:.3f}")
+    console.print(f"run written to [bold]{paths.root}[/bold]")
+
+
 if __name__ == "__main__":
     main()

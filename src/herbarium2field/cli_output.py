@@ -65,3 +65,26 @@ def print_stats(console: Console, ds: Dataset) -> None:
     t.add_row(str(imb["min"]), f"{imb['median']:g}", str(imb["max"]), f"{imb['ratio']:.2f}", f"{imb['gini']:.3f}",
               f"{imb['imbalance_ratio_field']:.2f}")
     console.print(t)
+
+
+def print_metrics(console: Console, result) -> None:  # type: ignore[no-untyped-def]
+    """One evaluation (``EvalResult``) as a table: top-1/top-5/MRR with 95 % CIs per group."""
+    from herbarium2field.evaluation.metrics import GROUP_LABELS
+
+    if result.metrics is None:
+        console.print(f"[yellow]{result.run} ({result.mode}, {result.split}): no labels; predictions only[/yellow]")
+        return
+    t = Table(title=f"{result.run}: {result.split}, {result.mode}")
+    for col in ("group", "images", "top-1 %", "top-5 %", "MRR %"):
+        t.add_column(col, justify="left" if col == "group" else "right")
+    for name, g in result.metrics["groups"].items():
+        t.add_row(GROUP_LABELS.get(name, name), str(g["n"]), *(_pct(g, k) for k in ("top1", "top5", "mrr")))
+    console.print(t)
+
+
+def _pct(g: dict, key: str) -> str:
+    v = g.get(key)
+    if v is None:
+        return "–"
+    ci = (g.get("ci") or {}).get(key)
+    return f"{100 * v:.1f} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]" if ci else f"{100 * v:.1f}"

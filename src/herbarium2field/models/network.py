@@ -55,7 +55,7 @@ class H2FNet(nn.Module):
             cfg.backbone,
             pretrained=cfg.pretrained and load_weights,
             weights=cfg.weights if load_weights else None,
-            global_pool="" if cfg.pool == "gem" else "avg",
+            global_pool={"gem": "", "avg": "avg", "default": None}[cfg.pool],
             drop_path_rate=cfg.drop_path_rate,
         )
         self.pool = GeM() if cfg.pool == "gem" else None

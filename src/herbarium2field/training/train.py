@@ -32,7 +32,8 @@ from herbarium2field.training.callbacks import (
 from herbarium2field.training.run_dir import ModelCard, RunPaths, environment
 
 
-def resolve_run(cfg: ExperimentConfig, *, resume: Path | None) -> tuple[ExperimentConfig, RunPaths, Path | None]:
+def resolve_run(cfg: ExperimentConfig, *, resume: Path | None, runs_root: Path | None = None
+                ) -> tuple[ExperimentConfig, RunPaths, Path | None]:
     """Decide the run directory and checkpoint to resume from; never overwrite a finished run."""
     if resume is not None:
         paths = RunPaths(Path(resume))
@@ -42,16 +43,17 @@ def resolve_run(cfg: ExperimentConfig, *, resume: Path | None) -> tuple[Experime
             raise H2FError("cannot resume: no checkpoints/last.ckpt yet (the run ended before its first epoch)",
                            path=paths.root, hint=f"start it again: rm -r {paths.root} and re-run h2f train")
         return load_config(paths.config), paths, paths.last
-    paths = RunPaths(runs_dir() / cfg.name)
+    paths = RunPaths((runs_root or runs_dir()) / cfg.name)
     if rank_zero_only.rank == 0 and paths.checkpoints.exists() and any(paths.checkpoints.iterdir()):
         raise H2FError("run directory already holds checkpoints", path=paths.root,
                        hint=f"continue it with --resume {paths.root}, or pick another --name")
     return cfg, paths, None
 
 
-def train(cfg: ExperimentConfig, *, resume: Path | None = None, progress: bool = True) -> RunPaths:
-    """Train one experiment end to end and return its run directory."""
-    cfg, paths, ckpt = resolve_run(cfg, resume=resume)
+def train(cfg: ExperimentConfig, *, resume: Path | None = None, progress: bool = True,
+          runs_root: Path | None = None) -> RunPaths:
+    """Train one experiment end to end and return its run directory (``runs_root/<name>``, default ``runs/``)."""
+    cfg, paths, ckpt = resolve_run(cfg, resume=resume, runs_root=runs_root)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ds = read_dataset(cfg.data.root, check="exists", allow_missing=cfg.data.allow_missing)
     if len(ds.split("train")) == 0:

@@ -17,12 +17,16 @@ from herbarium2field.viz.style import FIELD_COLOR, HERBARIUM_COLOR, plt, save_fi
 MAX_LABELLED = 120  # above this many classes, tick labels become unreadable and are dropped
 
 
-def plot_class_balance(counts: pd.DataFrame, out: str | Path, *, title: str = "Training images per species") -> Path:
+def plot_class_balance(
+    counts: pd.DataFrame, out: str | Path, *, title: str = "Training images per species"
+) -> Path:
     """Stacked bars (herbarium below, field above) per class, sorted by total; without-pairs classes hatched.
 
     ``counts`` is :func:`herbarium2field.data.stats.class_counts` output.
     """
-    c = counts.sort_values(["train_total", "herbarium"], ascending=False, kind="stable").reset_index(drop=True)
+    c = counts.sort_values(["train_total", "herbarium"], ascending=False, kind="stable").reset_index(
+        drop=True
+    )
     n = len(c)
     x = np.arange(n)
     width = min(24.0, max(8.0, 0.16 * n + 2))
@@ -44,8 +48,10 @@ def plot_class_balance(counts: pd.DataFrame, out: str | Path, *, title: str = "T
     else:
         ax.set_xticks([])
     ax.set_xlim(-0.6, n - 0.4)
-    ax.set_xlabel(f"species (class id), sorted by training images; {int(without.sum())} of {n} without field photos"
-                  " (hatched, red labels)")
+    ax.set_xlabel(
+        f"species (class id), sorted by training images; {int(without.sum())} of {n} without field photos"
+        " (hatched, red labels)"
+    )
     ax.set_ylabel("training images")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)

@@ -1,0 +1,129 @@
+"""A run's outputs on one split of its dataset: the rows, their labels, embeddings and class scores.
+
+Works for both kinds of run directory — a trained network (``h2f train``) and a classical classifier on
+frozen features (``h2f fit-classic``) — so evaluation, t-SNE and reports treat them alike. Network
+outputs are cached in ``runs/<name>/embeddings/`` and recomputed when the checkpoint or the image list
+changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from herbarium2field.data.manifest import Dataset, read_dataset
+from herbarium2field.errors import H2FError
+from herbarium2field.io import atomic_path
+from herbarium2field.training.run_dir import ModelCard, RunPaths
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitOutputs:
+    split: str
+    table: pd.DataFrame  # manifest rows, in output order
+    labels: np.ndarray  # class index per row (card order); -1 = unlabelled or unknown species
+    embeddings: np.ndarray  # [N, D], L2-normalised
+    scores: np.ndarray  # [N, C] classifier scores (ArcFace: s·cosθ; softmax: logits; classic: its scores)
+    card: ModelCard
+    images_per_s: float | None = None
+
+    @property
+    def domains(self) -> np.ndarray:
+        return (self.table.domain.astype(str).to_numpy() == "field").astype(np.int64)
+
+    @property
+    def with_pairs(self) -> np.ndarray:
+        """Per row: does the row's species have field photos in *training* (the benchmark's groups)."""
+        pairs = set(self.card.with_pairs)
+        return np.array([isinstance(c, str) and c in pairs for c in self.table.class_id.tolist()], dtype=bool)
+
+
+def dataset_for(card: ModelCard, data: str | Path | None, *, allow_missing: bool = False) -> Dataset:
+    """The run's dataset (or another root with the same species), checked for missing images."""
+    root = data or card.dataset.get("root")
+    if root is None:
+        raise H2FError("the run does not record its dataset; pass --data ROOT")
+    if not Path(root).exists():
+        raise H2FError("the run's dataset is not here", path=root, hint="pass --data ROOT")
+    return read_dataset(root, check="exists", allow_missing=allow_missing)
+
+
+def split_table(run: Path, ds: Dataset, split: str) -> pd.DataFrame:
+    """Rows of ``split``: ``test``; or the run's own ``train``/``val`` partition of the training images."""
+    if split not in SPLITS:
+        raise H2FError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if split == "test":
+        return ds.split("test")
+    from herbarium2field.config import load_config
+    from herbarium2field.data.split import validation_mask
+
+    train = ds.split("train")
+    cfg_path = RunPaths(run).config
+    if not cfg_path.is_file():  # classic runs fit on every training image
+        if split == "val":
+            raise H2FError("this run has no validation split (it was fitted on all training images)", path=run)
+        return train
+    cfg = load_config(cfg_path)
+    d = cfg.data
+    mask = validation_mask(train, field_fraction=d.val_field_fraction, herbarium_fraction=d.val_herbarium_fraction,
+                           seed=cfg.seed if d.val_seed is None else d.val_seed)
+    return train[mask if split == "val" else ~mask].reset_index(drop=True)
+
+
+def labels_for(table: pd.DataFrame, card: ModelCard) -> np.ndarray:
+    index = {c: i for i, c in enumerate(card.class_ids)}
+    return np.array([index.get(c, -1) if isinstance(c, str) else -1 for c in table.class_id.tolist()], dtype=np.int64)
+
+
+def split_outputs(run: str | Path, split: str = "test", *, data: str | Path | None = None, tta: str | None = None,
+                  allow_missing: bool = False, progress: bool = False, batch_size: int = 64,
+                  num_workers: int = 2) -> SplitOutputs:
+    """Embeddings and scores of a run on a split (cached for networks)."""
+    run = Path(run)
+    card = ModelCard.load(RunPaths(run).card)
+    if card.kind == "classic":
+        from herbarium2field.features.classic import classic_split_scores
+
+        if tta:
+            raise H2FError("--tta needs a network run: a classic run scores cached features")
+        table, scores, emb = classic_split_scores(run, split, data_root=data)
+        return SplitOutputs(split, table.reset_index(drop=True), labels_for(table, card), emb, scores, card)
+    ds = dataset_for(card, data, allow_missing=allow_missing)
+    table = split_table(run, ds, split)
+    if len(table) == 0:
+        raise H2FError(f"the {split} split of this dataset is empty", path=ds.root)
+    cache = _cache_file(run, split, table, tta)
+    if cache.is_file():
+        with np.load(cache) as z:
+            return SplitOutputs(split, table, labels_for(table, card), z["embeddings"], z["scores"], card)
+    from herbarium2field.data.datamodule import image_source
+    from herbarium2field.models.backbones import Preprocessing
+    from herbarium2field.models.predict import run_network
+    from herbarium2field.training.run_dir import load_network
+
+    net, card, _ = load_network(run)
+    pre = Preprocessing.from_dict(card.preprocessing)
+    out = run_network(net, table, image_source(ds, min_size=pre.input_size), pre, tta=tta, batch_size=batch_size,
+                      num_workers=num_workers, progress=progress, description=f"{run.name}: {split}")
+    assert out.logits is not None
+    for old in cache.parent.glob(f"{split}{'-' + tta if tta else ''}-*.npz"):
+        old.unlink()
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.savez(f, embeddings=out.embeddings, scores=out.logits)
+    return SplitOutputs(split, table, labels_for(table, card), out.embeddings, out.logits, card, out.images_per_s)
+
+
+def _cache_file(run: Path, split: str, table: pd.DataFrame, tta: str | None) -> Path:
+    """Keyed by the checkpoint file's identity and the exact image list, so any change recomputes."""
+    ckpt = RunPaths(run).best
+    st = ckpt.stat() if ckpt.is_file() else None
+    key = hashlib.sha256()
+    key.update(f"{st.st_size if st else 0}/{st.st_mtime_ns if st else 0}/{tta}".encode())
+    key.update("\n".join(table.path.tolist()).encode())
+    return run / "embeddings" / f"{split}{'-' + tta if tta else ''}-{key.hexdigest()[:16]}.npz"

@@ -1,0 +1,115 @@
+"""Evaluation end to end on a real tiny run: artefacts, both modes, prototypes, unlabelled tests, compare, t-SNE,
+report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from herbarium2field.errors import H2FError
+from herbarium2field.evaluation.compare import compare
+from herbarium2field.evaluation.evaluate import evaluate_run
+from herbarium2field.evaluation.outputs import split_outputs
+from herbarium2field.evaluation.prototypes import build_prototypes, prototype_scores
+from herbarium2field.evaluation.report import build_report
+from herbarium2field.evaluation.tsne_runs import tsne_runs
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path) -> Path:
+    """A private copy, so tests that write into the run do not interfere."""
+    dst = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, dst)
+    return dst
+
+
+def test_both_modes_write_every_artefact(run):
+    results = evaluate_run(run, mode="both", n_boot=200)
+    assert [r.mode for r in results] == ["classifier", "prototype-both"]
+    for r in results:
+        for f in ("metrics.json", "per_class.csv", "predictions.csv", "confusions.csv", "confusion.png", "report.md"):
+            assert (r.out_dir / f).is_file(), f
+        m = json.loads((r.out_dir / "metrics.json").read_text())
+        groups = m["groups"]
+        assert groups["overall"]["n"] == groups["with_pairs"]["n"] + groups["without_pairs"]["n"] == 12
+        lo, hi = groups["overall"]["ci"]["top5"]
+        assert lo <= groups["overall"]["top5"] <= hi
+        preds = pd.read_csv(r.out_dir / "predictions.csv")
+        assert len(preds) == 12 and preds["correct@1"].sum() == round(groups["overall"]["top1"] * 12)
+
+
+def test_classifier_metrics_match_the_network_outputs(run):
+    out = split_outputs(run, "test")
+    (res,) = evaluate_run(run, mode="classifier", n_boot=0)
+    top1 = float(np.mean(out.scores.argmax(1) == out.labels))
+    assert res.metrics["groups"]["overall"]["top1"] == pytest.approx(top1)
+    assert out.with_pairs.sum() == res.metrics["groups"]["with_pairs"]["n"]
+
+
+def test_validation_split_is_the_runs_own(run):
+    (res,) = evaluate_run(run, split="val", n_boot=0)
+    card = json.loads((run / "model_card.json").read_text())
+    assert res.metrics["groups"]["overall"]["n"] == card["dataset"]["val_images"]
+
+
+def test_prototypes_by_hand():
+    emb = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1], [1, 1]], dtype=float)
+    labels = np.array([0, 0, 1, 1, 2])
+    domains = np.array([0, 1, 0, 0, 0])  # class 0 has a sheet and a photo; 1 and 2 sheets only
+    herb = build_prototypes(emb, labels, domains, 4, source="herbarium")
+    assert np.allclose(herb[0], [1, 0]) and not herb[3].any()  # class 3 has no image: zero row
+    shifted = build_prototypes(emb, labels, domains, 4, source="shifted")
+    offset = emb[1] / np.linalg.norm(emb[1]) - np.array([1.0, 0.0])
+    mean1 = (np.array([0.1, 1]) / np.linalg.norm([0.1, 1]) + np.array([0, 1])) / 2
+    want = mean1 / np.linalg.norm(mean1) + offset
+    assert np.allclose(shifted[1], want / np.linalg.norm(want))
+    scores = prototype_scores(np.array([[0.0, 1.0]]), herb)
+    assert scores[0].argmax() == 1 and scores[0, 3] == -np.inf
+
+
+def test_shifted_prototypes_are_used(run):
+    (res,) = evaluate_run(run, mode="prototype", prototype_source="shifted", n_boot=0)
+    assert res.out_dir.name == "test-prototype-shifted" and res.metrics["groups"]["without_pairs"]["n"] > 0
+    with pytest.raises(H2FError, match="prototype source"):
+        evaluate_run(run, mode="prototype", prototype_source="nearest", n_boot=0)
+
+
+def test_tta_is_measured_separately(run):
+    (res,) = evaluate_run(run, tta="flip", n_boot=0)
+    assert res.out_dir.name == "test-classifier-tta-flip" and res.metrics["tta"] == "flip"
+
+
+def test_unlabelled_test_set_gives_predictions_only(run, synth_small, tmp_path):
+    data = tmp_path / "unlabelled"
+    shutil.copytree(synth_small, data)
+    (data / "list" / "groundtruth.txt").unlink()
+    (res,) = evaluate_run(run, data=data, n_boot=0)
+    assert res.metrics is None
+    assert "no ground truth" in (res.out_dir / "report.md").read_text()
+    assert len(pd.read_csv(res.out_dir / "predictions.csv")) == 12
+
+
+def test_compare_tsne_and_report(run, tmp_path):
+    evaluate_run(run, mode="both", n_boot=100)
+    table, md, png = compare([run], tmp_path / "cmp")
+    assert len(table) == 2 and "prototype-both" in md and png.stat().st_size > 10_000
+    res = tsne_runs([run], tmp_path / "tsne", split="all", perplexity=10)
+    (numbers,) = res["numbers"]["runs"]
+    assert numbers["points"] > 50 and numbers["domain_mixing"] is not None
+    assert len(pd.read_csv(res["csv"])) == numbers["points"]
+    md_path, html_path = build_report(run)
+    html = html_path.read_text()
+    assert "data:image/png;base64," in html and 'src="figures/' not in html
+    assert "without pairs" in md_path.read_text()
+
+
+def test_bad_run_directory(tmp_path):
+    with pytest.raises(H2FError, match="model_card.json"):
+        evaluate_run(tmp_path)
+    with pytest.raises(H2FError, match="mode"):
+        evaluate_run(tmp_path, mode="knn")
