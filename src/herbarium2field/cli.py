@@ -571,5 +571,23 @@ def fit_classic_command(
     console.print(f"run written to [bold]{paths.root}[/bold]")
 
 
+@app.command(epilog="Examples:\n\n  h2f ablate benchmarks/ablation.yaml\n\n"
+             "  h2f ablate benchmarks/ablation.yaml --only synth20 --only aml_sample/arcface")
+def ablate(
+    plan: Annotated[Path, typer.Argument(help="Ablation plan YAML (benchmarks × variants).")],
+    work: Annotated[Path, typer.Option(help="Where datasets and runs are written (re-runs skip finished cells).")]
+    = Path("ablation"),
+    out: Annotated[Path, typer.Option(help="Markdown table (a .json beside it).")] = Path("docs/ablation_results.md"),
+    only: Annotated[list[str] | None, typer.Option(help="Benchmark, variant or bench/variant to run.")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+) -> None:
+    """Train + evaluate every ingredient on/off on every benchmark; one table with CIs and training cost."""
+    from herbarium2field.experiments.ablation import load_plan, run_plan, write_results
+
+    p = load_plan(plan)
+    rows = run_plan(p, work, only=only, n_boot=n_boot, log=console.print)
+    console.print(f"wrote [bold]{write_results(rows, p, out)}[/bold]")
+
+
 if __name__ == "__main__":
     main()

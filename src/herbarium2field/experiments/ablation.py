@@ -1,0 +1,187 @@
+"""``h2f ablate``: every ingredient on/off, on several benchmarks, as one resumable command.
+
+A plan (YAML, see ``benchmarks/ablation.yaml``) names benchmarks (a synthetic dataset, a dataset on
+disk, or a dataset with some species moved to "without pairs") and variants (config overrides plus the
+evaluation mode). Each (benchmark, variant) cell trains a run, evaluates it on the test split and records
+top-1/top-5 per species group with bootstrap CIs and the training cost. Finished cells are skipped on a
+re-run, so an interrupted ablation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from herbarium2field.errors import ConfigError
+from herbarium2field.io import atomic_write_text, write_json
+
+
+@dataclass
+class Benchmark:
+    name: str
+    kind: str  # "synth" | "dataset" | "drop_pairs"
+    config: str  # base experiment config (relative to the plan file)
+    params: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    description: str = ""
+
+
+@dataclass
+class Variant:
+    name: str
+    overrides: list[str] = field(default_factory=list)
+    mode: str = "classifier"  # or "prototype-<source>"
+    description: str = ""
+    reuse: str | None = None  # evaluate another variant's run (an evaluation-only ingredient)
+
+
+@dataclass
+class Plan:
+    path: Path
+    benchmarks: list[Benchmark]
+    variants: list[Variant]
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("ablation plan not found", path=path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        benches = [Benchmark(name=k, **v) for k, v in raw["benchmarks"].items()]
+        variants = [Variant(name=k, **(v or {})) for k, v in raw["variants"].items()]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"a plan needs 'benchmarks' and 'variants' mappings ({exc})", path=path) from None
+    for b in benches:
+        if b.kind not in ("synth", "dataset", "drop_pairs"):
+            raise ConfigError(f"benchmark {b.name}: kind must be synth, dataset or drop_pairs", path=path)
+    return Plan(path, benches, variants)
+
+
+def prepare_data(b: Benchmark, work: Path, plan_dir: Path) -> Path:
+    """The benchmark's dataset root (generated or derived under ``work/data`` on first use)."""
+    if b.kind == "dataset":
+        return _resolve(plan_dir, b.params["root"])
+    out = work / "data" / b.name
+    if (out / "list" / "train.txt").is_file():
+        return out
+    if b.kind == "synth":
+        from herbarium2field.data.synth import generate_dataset
+
+        generate_dataset(out, workers=0, **b.params)
+    else:
+        from herbarium2field.data.derive import drop_field_photos
+
+        p = dict(b.params)
+        drop_field_photos(_resolve(plan_dir, p.pop("root")), out, **p)
+    return out
+
+
+def _resolve(base: Path, p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() or q.exists() else (base / q)
+
+
+def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: int = 1000) -> dict[str, Any]:
+    """Train (unless done) and evaluate one cell; returns its result row."""
+    from herbarium2field.config import load_config
+    from herbarium2field.evaluation.evaluate import evaluate_run
+    from herbarium2field.training.train import train
+
+    data = prepare_data(b, work, plan_dir)
+    runs = work / "runs" / b.name
+    run = runs / (v.reuse or v.name)
+    result_file = runs / f"{v.name}.ablation.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    if not (run / "checkpoints" / "best.ckpt").is_file() or not (run / "model_card.json").is_file():
+        cfg = load_config(_resolve(plan_dir, b.config),
+                          [f"data.root={data}", f"name={run.name}", *b.overrides, *v.overrides])
+        start = time.perf_counter()
+        resume = run if (run / "checkpoints" / "last.ckpt").is_file() else None
+        train(cfg, resume=resume, progress=False, runs_root=runs)
+        minutes = (time.perf_counter() - start) / 60
+        write_json(run / "train_time.json", {"minutes": minutes, "resumed": resume is not None})
+    minutes = json.loads((run / "train_time.json").read_text())["minutes"] if (run / "train_time.json").is_file() else None
+    mode, _, source = v.mode.partition("-")
+    (res,) = evaluate_run(run, mode=mode, prototype_source=source or "both", n_boot=n_boot)
+    row = {"benchmark": b.name, "variant": v.name, "mode": res.mode, "train_minutes": minutes,
+           "images_per_s": _throughput(run), "metrics": res.metrics, "description": v.description}
+    write_json(result_file, row)
+    return row
+
+
+def _throughput(run: Path) -> float | None:
+    """Mean training images/s over the fine-tuning epochs (the costly stage)."""
+    f = run / "metrics.csv"
+    if not f.is_file():
+        return None
+    with f.open() as h:
+        rows = [r for r in csv.DictReader(h) if r.get("images_per_s")]
+    fine = [float(r["images_per_s"]) for r in rows if r.get("stage") == "finetune"] or [
+        float(r["images_per_s"]) for r in rows]
+    return sum(fine) / len(fine) if fine else None
+
+
+def run_plan(plan: Plan, work: Path, *, only: list[str] | None = None, n_boot: int = 1000,
+             log=print) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Run every cell (``only``: names of benchmarks or variants, or ``bench/variant``)."""
+    rows = []
+    for b in plan.benchmarks:
+        for v in plan.variants:
+            if only and not ({b.name, v.name, f"{b.name}/{v.name}"} & set(only)):
+                continue
+            log(f"[{b.name}] {v.name} ...")
+            row = run_cell(b, v, plan_dir=plan.path.parent, work=work, n_boot=n_boot)
+            g = row["metrics"]["groups"]
+            log(f"[{b.name}] {v.name}: top-1 overall {_pct(g['overall'], 'top1')}, "
+                f"without pairs {_pct(g['without_pairs'], 'top1')}")
+            rows.append(row)
+    return rows
+
+
+def _pct(g: dict[str, Any], key: str, ci: bool = False) -> str:
+    v = g.get(key)
+    if v is None:
+        return "–"
+    c = (g.get("ci") or {}).get(key)
+    return f"{100 * v:.1f} [{100 * c[0]:.0f}–{100 * c[1]:.0f}]" if ci and c else f"{100 * v:.1f}"
+
+
+def ablation_markdown(rows: list[dict[str, Any]], plan: Plan) -> str:
+    """One table per benchmark: variants × (top-1, top-5 per group with 95 % CIs, training cost)."""
+    out = []
+    descr = {v.name: v.description for v in plan.variants}
+    bench_descr = {b.name: b.description for b in plan.benchmarks}
+    for bench in dict.fromkeys(r["benchmark"] for r in rows):
+        out += [f"### {bench}", ""]
+        if bench_descr.get(bench):
+            out += [bench_descr[bench], ""]
+        g0 = next(r for r in rows if r["benchmark"] == bench)["metrics"]["groups"]
+        out += [f"Test photos: {g0['overall']['n']} ({g0['with_pairs']['n']} of species with pairs, "
+                f"{g0['without_pairs']['n']} without). Cells: % with 95 % bootstrap interval.", "",
+                "| variant | mode | top-1 overall | top-1 with pairs | top-1 without pairs | top-5 overall | "
+                "top-5 without pairs | train min | img/s |",
+                "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: |"]
+        for r in (r for r in rows if r["benchmark"] == bench):
+            g = r["metrics"]["groups"]
+            mins = f"{r['train_minutes']:.1f}" if r.get("train_minutes") is not None else "–"
+            ips = f"{r['images_per_s']:.1f}" if r.get("images_per_s") is not None else "–"
+            out.append(f"| {r['variant']} | {r['mode']} | {_pct(g['overall'], 'top1', True)} | "
+                       f"{_pct(g['with_pairs'], 'top1', True)} | {_pct(g['without_pairs'], 'top1', True)} | "
+                       f"{_pct(g['overall'], 'top5', True)} | {_pct(g['without_pairs'], 'top5', True)} | "
+                       f"{mins} | {ips} |")
+        out.append("")
+    out += ["Variants:", ""] + [f"- **{k}**: {v}" for k, v in descr.items() if v] + [""]
+    return "\n".join(out)
+
+
+def write_results(rows: list[dict[str, Any]], plan: Plan, out: Path) -> Path:
+    write_json(out.with_suffix(".json"), rows)
+    return atomic_write_text(out, ablation_markdown(rows, plan))
