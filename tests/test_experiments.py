@@ -1,0 +1,59 @@
+"""Derived datasets (species moved to without pairs) and the resumable ablation driver."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from herbarium2field.data.derive import drop_field_photos
+from herbarium2field.data.manifest import read_dataset
+from herbarium2field.errors import H2FError
+from herbarium2field.experiments.ablation import load_plan, run_plan, write_results
+from tests.conftest import TINY
+
+
+def test_drop_field_photos_moves_species_without_copying(synth_small, tmp_path):
+    src = read_dataset(synth_small)
+    out = tmp_path / "derived"
+    moved = drop_field_photos(synth_small, out, n=2, seed=1)
+    assert len(moved) == 2 and set(moved) <= src.with_pairs
+    ds = read_dataset(out)
+    assert ds.with_pairs == src.with_pairs - set(moved)
+    assert ds.errors == [] and not [p for p in ds.problems if p.kind == "pairs-mismatch"]
+    assert len(ds.split("test")) == len(src.split("test"))
+    assert (out / "train").is_symlink() and not any(p.suffix == ".jpg" for p in out.rglob("*") if not p.is_symlink()
+                                                    and "train" not in p.parts and "test" not in p.parts)
+    assert drop_field_photos(synth_small, tmp_path / "again", n=2, seed=1) == moved  # seeded
+    with pytest.raises(H2FError, match="not species with field photos"):
+        drop_field_photos(synth_small, tmp_path / "bad", class_ids=["nope"])
+
+
+def test_ablation_runs_each_cell_once_and_writes_a_table(synth_small, tmp_path):
+    plan = {
+        "benchmarks": {"tiny": {"kind": "dataset", "config": "base.yaml", "params": {"root": str(synth_small)},
+                                "overrides": TINY}},
+        "variants": {"arcface": {"description": "plain"},
+                     "shifted": {"reuse": "arcface", "mode": "prototype-shifted", "description": "moved protos"}},
+    }
+    (tmp_path / "base.yaml").write_text("name: base\n")
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    p = load_plan(tmp_path / "plan.yaml")
+    rows = run_plan(p, tmp_path / "work", n_boot=50, log=lambda _: None)
+    assert [r["mode"] for r in rows] == ["classifier", "prototype-shifted"]
+    runs = list((tmp_path / "work" / "runs" / "tiny").glob("*/model_card.json"))
+    assert len(runs) == 1  # the evaluation-only variant reused the trained run
+    md = write_results(rows, p, tmp_path / "out.md").read_text()
+    assert "| shifted | prototype-shifted |" in md and "moved protos" in md
+    stamp = (tmp_path / "work" / "runs" / "tiny" / "arcface.ablation.json").stat().st_mtime_ns
+    again = run_plan(p, tmp_path / "work", n_boot=50, log=lambda _: None)
+    assert again == json.loads(json.dumps(rows))
+    assert (tmp_path / "work" / "runs" / "tiny" / "arcface.ablation.json").stat().st_mtime_ns == stamp
+
+
+def test_bad_plan(tmp_path: Path):
+    (tmp_path / "p.yaml").write_text("benchmarks: {}\n")
+    with pytest.raises(H2FError, match="variants"):
+        load_plan(tmp_path / "p.yaml")
