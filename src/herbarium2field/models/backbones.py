@@ -43,15 +43,20 @@ class Preprocessing:
                    d.get("interpolation", "bicubic"), float(d.get("crop_pct", 0.875)))
 
 
-def create_backbone(name: str, *, pretrained: bool = False, weights: str | None = None, global_pool: str = "avg",
-                    drop_path_rate: float = 0.0) -> tuple[nn.Module, LoadReport | None]:
+def create_backbone(name: str, *, pretrained: bool = False, weights: str | None = None,
+                    global_pool: str | None = "avg", drop_path_rate: float = 0.0,
+                    **timm_kwargs: Any) -> tuple[nn.Module, LoadReport | None]:
     """A timm model without classifier (``num_classes=0``), optionally loaded with weights.
 
-    ``global_pool=""`` returns the feature map (for our own pooling, e.g. GeM).
+    ``global_pool=""`` returns the feature map (for our own pooling, e.g. GeM); ``None`` keeps the
+    architecture's own default (``"token"``, the class token, for ViTs: with ``"avg"`` timm swaps their
+    final ``norm`` for a fresh ``fc_norm``). ``timm_kwargs`` go to ``timm.create_model`` unchanged.
     """
     if pretrained and weights:
         raise H2FError("set either model.pretrained (timm hub) or model.weights (a local file), not both")
-    kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": global_pool}
+    kwargs: dict[str, Any] = {"num_classes": 0, **timm_kwargs}
+    if global_pool is not None:
+        kwargs["global_pool"] = global_pool
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     try:
