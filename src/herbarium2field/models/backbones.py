@@ -17,7 +17,9 @@ from herbarium2field.models.weights import OFFLINE_LITE0, LoadReport, load_into,
 
 #: Preprocessing implied by known weight files, overriding the architecture's pretrained_cfg.
 #: The offline EfficientNet-Lite0 file is a port of Google's TensorFlow checkpoint, trained on inputs
-#: scaled to [-1, 1] (mean 0.5, std 0.5), unlike timm's own ``efficientnet_lite0`` weights.
+#: scaled to [-1, 1] (mean 0.5, std 0.5), unlike timm's own ``efficientnet_lite0`` weights. Use it with
+#: ``tf_efficientnet_lite0`` (TensorFlow "SAME" padding, BatchNorm eps 1e-3): measured on the real sample, its
+#: features are better than with ``efficientnet_lite0`` (docs/baselines.md).
 WEIGHT_PREPROCESSING: dict[str, dict[str, Any]] = {
     OFFLINE_LITE0: {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
 }

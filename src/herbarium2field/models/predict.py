@@ -20,6 +20,7 @@ from torch import nn
 from herbarium2field.data.cache import ImageSource
 from herbarium2field.data.datamodule import eval_loader
 from herbarium2field.data.transforms import eval_transform, tta_transforms
+from herbarium2field.errors import H2FError, ImageError
 from herbarium2field.models.backbones import Preprocessing
 
 
@@ -58,11 +59,16 @@ def run_network(net: nn.Module, table: pd.DataFrame, source: ImageSource, pre: P
         loader = eval_loader(table, source, class_index or {}, transform, batch_size=batch_size,
                              num_workers=num_workers)
         e_view, l_view = [], []
-        for x, *_ in _progress(loader, progress, f"{description} (view {v + 1}/{len(views)})" if tta else description):
+        failed: list[int] = []
+        for x, _, _, idx in _progress(loader, progress,
+                                      f"{description} (view {v + 1}/{len(views)})" if tta else description):
+            failed += [-int(i) - 1 for i in idx if i < 0]
             emb, logit = _forward(net, x.to(device))
             e_view.append(emb)
             if logit is not None:
                 l_view.append(logit)
+        if failed:
+            raise _unreadable(table, source, failed)
         embs.append(np.concatenate(e_view) if e_view else np.zeros((0, 0), np.float32))
         if l_view:
             logits.append(np.concatenate(l_view))
@@ -70,6 +76,26 @@ def run_network(net: nn.Module, table: pd.DataFrame, source: ImageSource, pre: P
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return Outputs(emb.astype(np.float32), np.mean(logits, axis=0).astype(np.float32) if logits else None,
                    time.perf_counter() - start)
+
+
+def _unreadable(table: pd.DataFrame, source: ImageSource, rows: list[int]) -> H2FError:
+    """One error naming every image that could not be read (with the reason, re-read here)."""
+    lines = []
+    for i in rows[:20]:
+        path = table.path.iloc[i]
+        try:
+            source.load(path)
+            reason = "unreadable in a loader worker"
+        except ImageError as exc:
+            reason = exc.message
+        where = ""
+        if "source" in table and "line" in table:
+            line = table.line.iloc[i]
+            where = f"{table.source.iloc[i]}" + ("" if pd.isna(line) else f":{line}")
+        lines.append(f"  {path}{f' (listed at {where})' if where else ''}: {reason}")
+    more = f"\n  ... and {len(rows) - 20} more" if len(rows) > 20 else ""
+    return H2FError(f"{len(rows)} image(s) could not be read:\n" + "\n".join(lines) + more,
+                    path=source.root, hint="fix or remove them (h2f validate lists all problems), or pass --allow-missing")
 
 
 def _forward(net: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:

