@@ -131,3 +131,19 @@ def test_ddp_on_cpu_with_two_processes(synth_small, runs, tmp_path):
     assert "MEMBER: 2/2" in out  # Lightning's log line for the second of two processes
     rows = read_metrics(runs / "ddp")
     assert len(rows) == 1 and (runs / "ddp" / "checkpoints" / "best.ckpt").is_file()
+
+
+@pytest.mark.parametrize("config", ["convnextv2_nano_arcface.yaml", "convnextv2_nano_softmax.yaml"])
+def test_shipped_configs_train_on_real_images(aml_sample, runs, config):
+    """Both shipped configs, end to end on the real PlantCLEF sample (shrunk so it fits a test: the offline
+    EfficientNet-Lite0 trunk instead of a hub download, 64 px, one epoch)."""
+    from herbarium2field.paths import project_root
+
+    cfg = load_config(project_root() / "configs" / config, [
+        f"data.root={aml_sample}", "name=real", "model.backbone=tf_efficientnet_lite0",
+        "model.weights=efficientnet_lite0:offline", "model.pretrained=false", "data.image_size=64",
+        "data.num_workers=0", "train.epochs=1", "train.warmup_epochs=0", "trainer.accelerator=cpu"])
+    paths = train(cfg, progress=False)
+    card = ModelCard.load(paths.card)
+    assert len(card.class_ids) == 100 and len(card.with_pairs) == 15
+    assert card.dataset["val_images"] > 0 and read_metrics(paths.root)[0]["val_top1"] != ""
