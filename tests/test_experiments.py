@@ -35,16 +35,17 @@ def test_ablation_runs_each_cell_once_and_writes_a_table(synth_small, tmp_path):
     plan = {
         "benchmarks": {"tiny": {"kind": "dataset", "config": "base.yaml", "params": {"root": str(synth_small)},
                                 "overrides": TINY}},
-        "variants": {"arcface": {"description": "plain"},
-                     "shifted": {"reuse": "arcface", "mode": "prototype-shifted", "description": "moved protos"}},
+        "variants": {"shifted": {"reuse": "arcface", "mode": "prototype-shifted", "description": "moved protos"},
+                     "arcface": {"description": "plain", "overrides": ["model.embedding_dim=16"]}},
     }
     (tmp_path / "base.yaml").write_text("name: base\n")
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     p = load_plan(tmp_path / "plan.yaml")
     rows = run_plan(p, tmp_path / "work", n_boot=50, log=lambda _: None)
-    assert [r["mode"] for r in rows] == ["classifier", "prototype-shifted"]
+    assert [r["mode"] for r in rows] == ["prototype-shifted", "classifier"]
     runs = list((tmp_path / "work" / "runs" / "tiny").glob("*/model_card.json"))
-    assert len(runs) == 1  # the evaluation-only variant reused the trained run
+    assert len(runs) == 1  # the evaluation-only variant reused the trained run ...
+    assert json.loads(runs[0].read_text())["embedding_dim"] == 16  # ... trained with the reused variant's recipe
     md = write_results(rows, p, tmp_path / "out.md").read_text()
     assert "| shifted | prototype-shifted |" in md and "moved protos" in md
     stamp = (tmp_path / "work" / "runs" / "tiny" / "arcface.ablation.json").stat().st_mtime_ns

@@ -88,8 +88,13 @@ def _resolve(base: Path, p: str) -> Path:
     return q if q.is_absolute() or q.exists() else (base / q)
 
 
-def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: int = 1000) -> dict[str, Any]:
-    """Train (unless done) and evaluate one cell; returns its result row."""
+def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: int = 1000,
+             trained_as: Variant | None = None) -> dict[str, Any]:
+    """Train (unless done) and evaluate one cell; returns its result row.
+
+    ``trained_as`` is the variant whose run ``v`` reuses (``v.reuse``): its overrides define the training.
+    """
+    recipe = trained_as or v
     from herbarium2field.config import load_config
     from herbarium2field.evaluation.evaluate import evaluate_run
     from herbarium2field.training.train import train
@@ -102,7 +107,7 @@ def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: in
         return json.loads(result_file.read_text())
     if not (run / "checkpoints" / "best.ckpt").is_file() or not (run / "model_card.json").is_file():
         cfg = load_config(_resolve(plan_dir, b.config),
-                          [f"data.root={data}", f"name={run.name}", *b.overrides, *v.overrides])
+                          [f"data.root={data}", f"name={run.name}", *b.overrides, *recipe.overrides])
         start = time.perf_counter()
         resume = run if (run / "checkpoints" / "last.ckpt").is_file() else None
         train(cfg, resume=resume, progress=False, runs_root=runs)
@@ -133,12 +138,17 @@ def run_plan(plan: Plan, work: Path, *, only: list[str] | None = None, n_boot: i
              log=print) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     """Run every cell (``only``: names of benchmarks or variants, or ``bench/variant``)."""
     rows = []
+    by_name = {v.name: v for v in plan.variants}
+    for v in plan.variants:
+        if v.reuse and v.reuse not in by_name:
+            raise ConfigError(f"variant {v.name} reuses unknown variant {v.reuse}", path=plan.path)
     for b in plan.benchmarks:
         for v in plan.variants:
             if only and not ({b.name, v.name, f"{b.name}/{v.name}"} & set(only)):
                 continue
             log(f"[{b.name}] {v.name} ...")
-            row = run_cell(b, v, plan_dir=plan.path.parent, work=work, n_boot=n_boot)
+            row = run_cell(b, v, plan_dir=plan.path.parent, work=work, n_boot=n_boot,
+                           trained_as=by_name.get(v.reuse) if v.reuse else None)
             g = row["metrics"]["groups"]
             log(f"[{b.name}] {v.name}: top-1 overall {_pct(g['overall'], 'top1')}, "
                 f"without pairs {_pct(g['without_pairs'], 'top1')}")
