@@ -39,7 +39,7 @@ def test_ablation_runs_each_cell_once_and_writes_a_table(synth_small, tmp_path):
                      "arcface": {"description": "plain", "overrides": ["model.embedding_dim=16"]}},
     }
     (tmp_path / "base.yaml").write_text("name: base\n")
-    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     p = load_plan(tmp_path / "plan.yaml")
     rows = run_plan(p, tmp_path / "work", n_boot=50, log=lambda _: None)
     assert [r["mode"] for r in rows] == ["prototype-shifted", "classifier"]
