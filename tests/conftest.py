@@ -100,3 +100,18 @@ def tiny_run(synth_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     runs = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, [f"data.root={synth_small}", "name=tiny", *TINY, "train.epochs=3"])
     return train(cfg, progress=False, runs_root=runs).root
+
+
+@pytest.fixture(scope="session")
+def identify_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_run`` copied, indexed (gallery + calibration) and exported to ONNX, for identification tests."""
+    import shutil
+
+    from herbarium2field.identify.commands import index_run
+    from herbarium2field.identify.onnx_export import export_onnx
+
+    run = tmp_path_factory.mktemp("identify") / "runs" / "ident"
+    shutil.copytree(tiny_run, run)
+    index_run(run, progress=False, num_workers=0)
+    export_onnx(run)
+    return run
