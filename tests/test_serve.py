@@ -138,7 +138,9 @@ def test_health_species_and_docs(client, identify_run):  # noqa: F811
     assert full.status_code == 200 and full.headers["content-type"] == "image/jpeg"
     assert client.get("/api/species/0000").status_code == 404
     assert client.get("/openapi.json").json()["paths"]["/api/identify"]["post"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn." not in docs.text  # works offline
+    assert client.get("/_swagger/swagger-ui-bundle.js").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and 'capture="environment"' in page.text
     assert client.get("/static/app.js").status_code == 200

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -71,6 +71,7 @@ def create_app(
         summary="Identify plant species in field photos; answers are backed by herbarium sheets.",
         description=f"Model **{card.name}** ({card.kind}, {len(card.class_ids)} species, backend {ident.backend}). "
         f"POST 1 to {max_files} photos of one plant to `/api/identify`.",
+        docs_url=None,  # served below from local files: the default page fetches Swagger UI from a CDN
     )
     app.add_middleware(BodySizeLimit, limit=max_files * max_bytes + _MULTIPART_OVERHEAD)
 
@@ -104,6 +105,7 @@ def create_app(
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _mount_docs(app)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
@@ -251,3 +253,19 @@ def run_server(
     shown = f"[{host}]" if ":" in host else host
     console.print(f"serving [bold]{run}[/bold] at http://{shown}:{port}/ (API docs at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=5, server_header=False)
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """OpenAPI docs at ``/docs`` that work without internet: Swagger UI's files come from the
+    ``swagger-ui-bundle`` package instead of a CDN (the botanist's laptop in the field has no network)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/_swagger", StaticFiles(directory=swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="herbarium2field API",
+                                   swagger_js_url="/_swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/_swagger/swagger-ui.css",
+                                   swagger_favicon_url="/_swagger/favicon-32x32.png")
