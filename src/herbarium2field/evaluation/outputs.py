@@ -44,6 +44,35 @@ class SplitOutputs:
         return np.array([isinstance(c, str) and c in pairs for c in self.table.class_id.tolist()], dtype=bool)
 
 
+@dataclass(frozen=True)
+class SplitParams:
+    """How a run split its training images into train/validation (``data.split.validation_mask``)."""
+
+    field_fraction: float
+    herbarium_fraction: float
+    seed: int
+
+
+def split_params(run: Path, card: ModelCard) -> SplitParams | None:
+    """The run's validation split: from ``config.yaml`` (``h2f train``), else from fields a classic run's
+    card records (``model.val_field_fraction`` / ``model.seed``); ``None`` when the run says nothing."""
+    from herbarium2field.config import load_config
+
+    config = RunPaths(Path(run)).config
+    if config.is_file():
+        cfg = load_config(config)
+        d = cfg.data
+        seed = cfg.seed if d.val_seed is None else d.val_seed
+        return SplitParams(d.val_field_fraction, d.val_herbarium_fraction, seed)
+    m = card.model or {}
+    if m.get("val_field_fraction"):
+        return SplitParams(
+            float(m["val_field_fraction"]), float(m.get("val_herbarium_fraction", 0.0)), int(m.get("seed", 0))
+        )
+    return None
+
+
+
 def dataset_for(card: ModelCard, data: str | Path | None, *, allow_missing: bool = False) -> Dataset:
     """The run's dataset (or another root with the same species), checked for missing images."""
     root = data or card.dataset.get("root")
@@ -60,19 +89,17 @@ def split_table(run: Path, ds: Dataset, split: str) -> pd.DataFrame:
         raise H2FError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if split == "test":
         return ds.split("test")
-    from herbarium2field.config import load_config
     from herbarium2field.data.split import validation_mask
 
     train = ds.split("train")
-    cfg_path = RunPaths(run).config
-    if not cfg_path.is_file():  # classic runs fit on every training image
+    params = split_params(run, ModelCard.load(RunPaths(run).card))
+    if params is None:  # e.g. a classic run fitted on every training image
         if split == "val":
-            raise H2FError("this run has no validation split (it was fitted on all training images)", path=run)
+            raise H2FError("this run has no validation split (it was fitted on all training images)", path=run,
+                           hint="fit it with --val-field-fraction to hold some field photos out")
         return train
-    cfg = load_config(cfg_path)
-    d = cfg.data
-    mask = validation_mask(train, field_fraction=d.val_field_fraction, herbarium_fraction=d.val_herbarium_fraction,
-                           seed=cfg.seed if d.val_seed is None else d.val_seed)
+    mask = validation_mask(train, field_fraction=params.field_fraction,
+                           herbarium_fraction=params.herbarium_fraction, seed=params.seed)
     return train[mask if split == "val" else ~mask].reset_index(drop=True)
 
 

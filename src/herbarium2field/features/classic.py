@@ -168,6 +168,9 @@ def fit_classic(
             "features": str(Path(feats.path).resolve()),
             "features_spec": spec,
             "classes_trained": len(clf.classes_),
+            # the held-out photos, so evaluation (--split val) and calibration can find them again
+            "val_field_fraction": val_field_fraction,
+            "seed": seed,
             **clf.info,
         },
         dataset={

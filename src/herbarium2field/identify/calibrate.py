@@ -21,7 +21,7 @@ Written to ``runs/<name>/calibration.json`` with the model and data fingerprints
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,10 @@ import pandas as pd
 
 from herbarium2field.data.manifest import Dataset
 from herbarium2field.data.split import validation_mask
+from herbarium2field.evaluation.outputs import SplitParams, split_params  # noqa: F401 (re-exported)
 from herbarium2field.io import write_json
 from herbarium2field.retrieval.freshness import images_fingerprint, model_fingerprint, same_model
-from herbarium2field.training.run_dir import ModelCard, RunPaths
+from herbarium2field.training.run_dir import ModelCard
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT_VERSION = 1
@@ -100,34 +101,6 @@ def choose_threshold(
         "best_precision_threshold": float(c_sorted[i]),
         "best_precision_coverage": float(kept[i] / n),
     }
-
-
-@dataclass(frozen=True)
-class SplitParams:
-    """How a run split its training images into train/validation (``data.split.validation_mask``)."""
-
-    field_fraction: float
-    herbarium_fraction: float
-    seed: int
-
-
-def split_params(run: Path, card: ModelCard) -> SplitParams | None:
-    """The run's validation split: from ``config.yaml`` (``h2f train``), else from fields a classic run's
-    card records (``model.val_field_fraction`` / ``model.seed``); ``None`` when the run says nothing."""
-    from herbarium2field.config import load_config
-
-    config = RunPaths(Path(run)).config
-    if config.is_file():
-        cfg = load_config(config)
-        d = cfg.data
-        seed = cfg.seed if d.val_seed is None else d.val_seed
-        return SplitParams(d.val_field_fraction, d.val_herbarium_fraction, seed)
-    m = card.model or {}
-    if m.get("val_field_fraction"):
-        return SplitParams(
-            float(m["val_field_fraction"]), float(m.get("val_herbarium_fraction", 0.0)), int(m.get("seed", 0))
-        )
-    return None
 
 
 def validation_rows(ds: Dataset, split: SplitParams | None, card: ModelCard) -> tuple[pd.DataFrame, str]:
