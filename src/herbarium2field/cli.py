@@ -291,10 +291,11 @@ def compare(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("comparison"),
 ) -> None:
     """Markdown table + grouped bar chart of top-1/top-5/MRR by species group, ranked."""
+    from herbarium2field.cli_output import print_comparison
     from herbarium2field.evaluation.compare import compare as run_compare
 
-    _, md, png = run_compare(runs, out, split=split, rank_by=rank_by)
-    console.print(md, highlight=False, soft_wrap=True)
+    table, _, png = run_compare(runs, out, split=split, rank_by=rank_by)
+    print_comparison(console, table)
     console.print(f"wrote [bold]{out / 'comparison.md'}[/bold] and {png}")
 
 

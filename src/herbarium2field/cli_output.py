@@ -88,3 +88,23 @@ def _pct(g: dict, key: str) -> str:
         return "–"
     ci = (g.get("ci") or {}).get(key)
     return f"{100 * v:.1f} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]" if ci else f"{100 * v:.1f}"
+
+
+def print_comparison(console: Console, table) -> None:  # type: ignore[no-untyped-def]
+    """The ranked comparison in a terminal-sized table: top-1 / top-5 per species group, in percent."""
+    import math
+
+    t = Table(title=f"ranked by {table.attrs.get('rank_by', '')}")
+    for col in ("rank", "run", "mode"):
+        t.add_column(col, justify="right" if col == "rank" else "left", no_wrap=True)
+    groups = [g for g in ("overall", "with_pairs", "without_pairs") if f"top1_{g}" in table]
+    for g in groups:
+        t.add_column(f"top-1 / top-5 %\n{g.replace('_', ' ')}", justify="right")
+    for _, r in table.iterrows():
+        cells = []
+        for g in groups:
+            a, b = r.get(f"top1_{g}"), r.get(f"top5_{g}")
+            cells.append("–" if a is None or (isinstance(a, float) and math.isnan(a))
+                         else f"{100 * a:.1f} / {100 * b:.1f}")
+        t.add_row(str(r["rank"]), str(r["run"]), str(r["mode"]), *cells)
+    console.print(t)
