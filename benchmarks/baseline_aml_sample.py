@@ -30,8 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,19 +40,24 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from herbarium2field.data.cache import ImageSource
-from herbarium2field.data.transforms import eval_transform
-from herbarium2field.evaluation.metrics import evaluate, group_masks, ranks
-from herbarium2field.features.align import ALIGNMENTS
-from herbarium2field.features.classic import fit_classic
-from herbarium2field.features.classifiers import CLASSIFIERS
-from herbarium2field.features.extract import ExtractorSpec, embed_dataset
-from herbarium2field.features.store import Features, load_features
-from herbarium2field.models.weights import OFFLINE_LITE0, load_into, resolve_weights_path
-from herbarium2field.paths import project_root, shared_data_dir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, machine_info, write_result  # noqa: E402
+from herbarium2field.data.cache import ImageSource  # noqa: E402
+from herbarium2field.data.manifest import labels_of as table_labels  # noqa: E402
+from herbarium2field.data.transforms import eval_transform  # noqa: E402
+from herbarium2field.evaluation.metrics import evaluate, group_masks, ranks  # noqa: E402
+from herbarium2field.features.align import ALIGNMENTS  # noqa: E402
+from herbarium2field.features.classic import fit_classic  # noqa: E402
+from herbarium2field.features.classifiers import CLASSIFIERS  # noqa: E402
+from herbarium2field.features.extract import ExtractorSpec, embed_dataset  # noqa: E402
+from herbarium2field.features.store import Features, load_features  # noqa: E402
+from herbarium2field.io import atomic_write_text  # noqa: E402
+from herbarium2field.models.weights import OFFLINE_LITE0, load_into, resolve_weights_path  # noqa: E402
+from herbarium2field.paths import project_root, shared_data_dir  # noqa: E402
 
 ROOT = project_root()
-RESULTS = ROOT / "benchmarks" / "results" / "baseline_aml_sample.json"
+NAME = "baseline_aml_sample"  # benchmarks/results/<NAME>.json
 DOC = ROOT / "docs" / "baselines.md"
 START, END = "<!-- baseline-aml-sample:start -->", "<!-- baseline-aml-sample:end -->"
 HALF = (0.5, 0.5, 0.5)
@@ -88,8 +92,8 @@ def slug(name: str) -> str:
 
 
 def labels_of(feats: Features, table: Any) -> np.ndarray:
-    index = {c: i for i, c in enumerate(feats.class_ids)}
-    return np.array([index.get(str(c), -1) for c in table.class_id], dtype=np.int64)
+    """Class indices of ``table`` in the order of the feature cache's classes (-1: unlabelled)."""
+    return table_labels(table, {c: i for i, c in enumerate(feats.class_ids)})
 
 
 def fmt(g: dict[str, Any], k: str) -> str:
@@ -302,7 +306,7 @@ def write_doc(text: str) -> None:
         doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    atomic_write_text(DOC, doc)
 
 
 def verdict(arch: dict[str, Any]) -> str:
@@ -336,7 +340,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="re-render docs/baselines.md from the JSON")
     args = ap.parse_args()
     if args.report_only:
-        md = markdown(json.loads(RESULTS.read_text()))
+        md = markdown(json.loads((RESULTS / f"{NAME}.json").read_text()))
         write_doc(md)
         print(md)
         return
@@ -353,12 +357,7 @@ def main() -> None:
     res: dict[str, Any] = {
         "benchmark": "baseline_aml_sample",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": platform.processor() or _cpu(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-        },
+        "machine": machine_info(),  # torch and timm versions are in its "packages"
         "data": str(data),
         "n_boot": args.n_boot,
         "seed": args.seed,
@@ -415,23 +414,12 @@ def main() -> None:
     }
     arch["verdict"] = verdict(arch)
     res["architecture"] = arch
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    path = write_result(NAME, res)
     md = markdown(res)
     write_doc(md)
     print()
     print(md)
-    print(f"\nwrote {RESULTS} and {DOC}")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    print(f"\nwrote {path} and {DOC}")
 
 
 if __name__ == "__main__":

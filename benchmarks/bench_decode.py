@@ -17,10 +17,6 @@ Quality: PSNR of (b) and of (c) against (a) on a few images per set. Writes
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,39 +28,27 @@ import numpy as np
 import PIL
 from PIL import features
 from rich.console import Console
-from rich.table import Table
 
-from herbarium2field.data.cache import DEFAULT_SIZE, ImageSource, prepare_cache
-from herbarium2field.data.images import load_rgb, resize_short_side
-from herbarium2field.paths import project_root, shared_data_dir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RESULTS = project_root() / "benchmarks" / "results" / "decode.json"
+from benchmarks.common import RESULTS, machine_info, print_table  # noqa: E402
+from herbarium2field.data.cache import DEFAULT_SIZE, ImageSource, prepare_cache  # noqa: E402
+from herbarium2field.data.images import load_rgb, resize_short_side  # noqa: E402
+from herbarium2field.io import write_json  # noqa: E402
+from herbarium2field.paths import shared_data_dir  # noqa: E402
+
 PSNR_IMAGES = 8  # per set
-
-
-def machine_info() -> dict[str, object]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "pillow": PIL.__version__,
-        "libjpeg_turbo": features.version("libjpeg_turbo"),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+#: How the printed table shows its columns (the JSON keeps the numbers as measured).
+TABLE_FORMATS = {
+    "a full": ".0f",
+    "b draft": ".0f",
+    "c cache": ".0f",
+    "b/a": ".2f",
+    "c/a": ".2f",
+    "PSNR b": ".1f",
+    "PSNR c": ".1f",
+    "cache KB": "",
+}
 
 
 def image_sets(root: Path) -> dict[str, list[str]]:
@@ -146,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sizes", default=f"256,{DEFAULT_SIZE}", help=f"short sides to test (default 256,{DEFAULT_SIZE})"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "decode.json")
     args = parser.parse_args(argv)
     console = Console()
     if not console.is_terminal:  # keep the table readable in logs
@@ -162,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     result: dict[str, object] = {
         "benchmark": "decode",
-        "machine": machine_info(),
+        "machine": {
+            **machine_info(),
+            "pillow": PIL.__version__,
+            "libjpeg_turbo": features.version("libjpeg_turbo"),
+        },
         "data": str(root),
         "repeat": args.repeat,
         "default_size": DEFAULT_SIZE,
@@ -173,39 +161,32 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"short side {size} px ...")
             result["sizes"][str(size)] = bench_size(root, sets, size, args.repeat, Path(tmp))  # type: ignore[index]
 
-    table = Table(title=f"Decode + resize, 1 process, images/s (median of {args.repeat})")
-    for col in (
-        "size",
-        "set",
-        "n",
-        "a full",
-        "b draft",
-        "c cache",
-        "b/a",
-        "c/a",
-        "PSNR b",
-        "PSNR c",
-        "cache KB",
-    ):
-        table.add_column(col, justify="right" if col not in ("set",) else "left")
+    rows = []
     for size, per in result["sizes"].items():  # type: ignore[union-attr]
         for name in sets:
             r = per[name]
             ips = r["images_per_s"]
-            table.add_row(
-                size,
-                name,
-                str(r["images"]),
-                f"{ips['full']:.0f}",
-                f"{ips['draft']:.0f}",
-                f"{ips['cache']:.0f}",
-                f"{r['ratio_draft_over_full']:.2f}",
-                f"{r['ratio_cache_over_full']:.2f}",
-                f"{r['psnr_db_vs_full']['draft']['mean']:.1f}",
-                f"{r['psnr_db_vs_full']['cache']['mean']:.1f}",
-                f"{r['mean_cached_kb']}",
+            rows.append(
+                {
+                    "size": int(size),
+                    "set": name,
+                    "n": r["images"],
+                    "a full": ips["full"],
+                    "b draft": ips["draft"],
+                    "c cache": ips["cache"],
+                    "b/a": r["ratio_draft_over_full"],
+                    "c/a": r["ratio_cache_over_full"],
+                    "PSNR b": r["psnr_db_vs_full"]["draft"]["mean"],
+                    "PSNR c": r["psnr_db_vs_full"]["cache"]["mean"],
+                    "cache KB": r["mean_cached_kb"],
+                }
             )
-    console.print(table)
+    print_table(
+        f"Decode + resize, 1 process, images/s (median of {args.repeat})",
+        rows,
+        formats=TABLE_FORMATS,
+        console=console,
+    )
     for size, per in result["sizes"].items():  # type: ignore[union-attr]
         p = per["prepare"]
         console.print(
@@ -215,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"{m['cpu']} ({m['usable_cores']} usable cores), Python {m['python']}, Pillow {m['pillow']}"
     )  # type: ignore[index]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    write_json(args.out, result)
     console.print(f"wrote {args.out}")
     return 0
 

@@ -17,28 +17,27 @@ Writes ``benchmarks/results/features.json`` (machine and device recorded) and pr
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
 
-from herbarium2field.data.cache import ImageSource, prepare_cache
-from herbarium2field.data.manifest import read_dataset
-from herbarium2field.data.transforms import eval_transform
-from herbarium2field.features.extract import ExtractorSpec, build_extractor, embed_batch, embed_dataset
-from herbarium2field.models.weights import OFFLINE_LITE0
-from herbarium2field.paths import project_root, shared_data_dir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RESULTS = project_root() / "benchmarks" / "results" / "features.json"
+from benchmarks.common import machine_info, print_table, write_result  # noqa: E402
+from herbarium2field.data.cache import ImageSource, prepare_cache  # noqa: E402
+from herbarium2field.data.manifest import read_dataset  # noqa: E402
+from herbarium2field.data.transforms import eval_transform  # noqa: E402
+from herbarium2field.features.extract import ExtractorSpec, build_extractor, embed_dataset  # noqa: E402
+from herbarium2field.models.predict import embed_batch  # noqa: E402
+from herbarium2field.models.weights import OFFLINE_LITE0  # noqa: E402
+from herbarium2field.paths import shared_data_dir  # noqa: E402
+
 MODELS = {  # weights do not change speed; lite0 gets its real offline weights, convnext a random init
     "convnextv2_nano": ExtractorSpec(backbone="convnextv2_nano", size=224),
     "efficientnet_lite0": ExtractorSpec(backbone="efficientnet_lite0", weights=OFFLINE_LITE0, size=224),
@@ -46,30 +45,18 @@ MODELS = {  # weights do not change speed; lite0 gets its real offline weights, 
 BATCH = 32
 
 
-def machine_info(device: torch.device) -> dict[str, object]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine(device: torch.device) -> dict[str, object]:
+    """:func:`machine_info` plus what these timings depend on: torch threads, device, load at the start."""
     try:
         load = os.getloadavg()
     except OSError:
         load = None
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        **machine_info(),
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": load,
         "device": device.type,
         "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -179,7 +166,7 @@ def main() -> None:
         data = dataset(args.data, tmp)
         result = {
             "benchmark": "features",
-            "machine": machine_info(device),
+            "machine": machine(device),
             "data": str(data),
             "input_size": 224,
             "network": network_speed(data, args.repeat, device),
@@ -188,24 +175,25 @@ def main() -> None:
     result["machine"]["load_average_at_end"] = os.getloadavg()
     a, b = (result["network"][m]["images_per_s"] for m in MODELS)
     result["lite0_vs_convnextv2_nano_network_speedup"] = round(b / a, 2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    table = Table(
-        title=f"feature extraction at 224 px, batch {BATCH}, {device.type}"
+    path = write_result("features", result)
+    print_table(
+        f"feature extraction at 224 px, batch {BATCH}, {device.type}"
         + (
             f" ({result['machine']['gpu']})"
             if device.type == "cuda"
             else f" ({result['machine']['cores']} cores)"
-        )
+        ),
+        [
+            {
+                "backbone": m,
+                "network images/s": result["network"][m]["images_per_s"],
+                "end-to-end images/s": result["end_to_end"][m]["images_per_s"],
+            }
+            for m in MODELS
+        ],
+        formats={"network images/s": ".1f", "end-to-end images/s": ".1f"},
     )
-    for col in ("backbone", "network images/s", "end-to-end images/s"):
-        table.add_column(col)
-    for m in MODELS:
-        table.add_row(
-            m, f"{result['network'][m]['images_per_s']:.1f}", f"{result['end_to_end'][m]['images_per_s']:.1f}"
-        )
-    Console().print(table)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

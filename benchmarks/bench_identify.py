@@ -136,7 +136,8 @@ def preprocessing_ms(size: int, repeat: int) -> dict[str, Any] | None:
 
 def combination(run: Path, per_class: int = 50) -> None:
     """Single photo vs combined photos, on the run's validation photos and its test split."""
-    from herbarium2field.data.datamodule import image_source, labels_of
+    from herbarium2field.data.datamodule import image_source
+    from herbarium2field.data.manifest import labels_of
     from herbarium2field.identify.calibrate import split_params, validation_rows
     from herbarium2field.identify.combine import compare_combinations, log_probabilities
     from herbarium2field.identify.commands import dataset_for, run_card

@@ -10,6 +10,7 @@ Also measures loader-only throughput of both, to check that the data loader keep
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +22,15 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from benchmarks.common import machine_info, print_table, write_result
-from herbarium2field.config import load_config
-from herbarium2field.data.datamodule import H2FDataModule
-from herbarium2field.data.manifest import read_dataset
-from herbarium2field.data.synth import generate_dataset
-from herbarium2field.models.backbones import preprocessing_for
-from herbarium2field.models.lightning import H2FLightningModule
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine_info, print_table, write_result  # noqa: E402
+from herbarium2field.config import load_config  # noqa: E402
+from herbarium2field.data.datamodule import H2FDataModule  # noqa: E402
+from herbarium2field.data.manifest import read_dataset  # noqa: E402
+from herbarium2field.data.synth import generate_dataset  # noqa: E402
+from herbarium2field.models.backbones import preprocessing_for  # noqa: E402
+from herbarium2field.models.lightning import H2FLightningModule  # noqa: E402
 
 
 class StepTimer(L.Callback):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import platform
 import sys
 import time
 from importlib.metadata import version
@@ -25,15 +24,15 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 from sklearn.manifold import trustworthiness
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
-from herbarium2field.io import write_json
-from herbarium2field.viz.tsne import l2_normalise, tsne_2d
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RESULTS = Path(__file__).resolve().parent / "results" / "tsne.json"
+from benchmarks.common import RESULTS, machine_info, print_table  # noqa: E402
+from herbarium2field.io import write_json  # noqa: E402
+from herbarium2field.viz.tsne import l2_normalise, tsne_2d  # noqa: E402
 
 
 def clustered_embeddings(n: int, dim: int, n_cls: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,16 +56,8 @@ def knn_preservation(high: np.ndarray, low: np.ndarray, k: int = 10) -> float:
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "numpy": version("numpy"),
-        "scikit-learn": version("scikit-learn"),
-        "openTSNE": version("openTSNE"),
-        "load_avg_1min_before": os.getloadavg()[0],
-    }
+    """:func:`machine_info` plus openTSNE's version and the load before the runs (the load after is added)."""
+    return {**machine_info(), "openTSNE": version("openTSNE"), "load_avg_1min_before": os.getloadavg()[0]}
 
 
 def run_once(X: np.ndarray, backend: str, threads: int, perplexity: float) -> tuple[float, np.ndarray]:
@@ -87,7 +78,7 @@ def main() -> None:
         "--threads", default="1,2", help="comma-separated thread counts (n_jobs and thread pools)"
     )
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration (interleaved); min is kept")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS / "tsne.json")
     args = ap.parse_args()
 
     info = machine()
@@ -149,23 +140,24 @@ def main() -> None:
     }
     write_json(args.out, result)
 
-    table = Table(
-        title=f"t-SNE, {args.n} x {args.dim}-d, perplexity {args.perplexity:g}, {args.repeat} runs each"
-    )
-    for col in ("backend", "threads", "min s", "median s", "all runs s", "10-NN kept", "trust@10"):
-        table.add_column(col, justify="left" if col == "backend" else "right")
-    for r in rows:
-        table.add_row(
-            r["backend"],
-            str(r["threads"]),
-            f"{r['wall_s_min']:.1f}",
-            f"{r['wall_s_median']:.1f}",
-            ", ".join(f"{x:.1f}" for x in r["wall_s_all"]),
-            f"{r['knn10_preservation']:.3f}",
-            f"{r['trustworthiness_k10_sub1000']:.3f}",
-        )
     console = Console()
-    console.print(table)
+    print_table(
+        f"t-SNE, {args.n} x {args.dim}-d, perplexity {args.perplexity:g}, {args.repeat} runs each",
+        [
+            {
+                "backend": r["backend"],
+                "threads": r["threads"],
+                "min s": r["wall_s_min"],
+                "median s": r["wall_s_median"],
+                "all runs s": ", ".join(f"{x:.1f}" for x in r["wall_s_all"]),
+                "10-NN kept": r["knn10_preservation"],
+                "trust@10": r["trustworthiness_k10_sub1000"],
+            }
+            for r in rows
+        ],
+        formats={"min s": ".1f", "median s": ".1f", "10-NN kept": ".3f", "trust@10": ".3f"},
+        console=console,
+    )
     for k, v in speed.items():
         console.print(
             f"{k}: sklearn / openTSNE wall time = {v['sklearn_over_opentsne_min']:.2f} (min), "

@@ -6,26 +6,29 @@ import datetime as dt
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from herbarium2field.io import write_json
 from herbarium2field.paths import project_root
+from herbarium2field.system import usable_cores
 from herbarium2field.training.run_dir import environment
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 RESULTS = project_root() / "benchmarks" / "results"
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU/GPU, cores actually usable, versions and date: enough to compare numbers across machines."""
+    """CPU/GPU, cores actually usable, versions and date: enough to compare numbers across machines.
+
+    A benchmark adds what else its numbers depend on: ``{**machine_info(), "pillow": ...}``.
+    """
     env = environment()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     return {
         "cpu": env["cpu"],
         "cores": env["cpu_count"],
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "gpus": env["gpus"],
         "platform": platform.platform(),
         "python": env["python"],
@@ -37,16 +40,31 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically."""
     return write_json(RESULTS / f"{name}.json", result)
 
 
-def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+def print_table(
+    title: str,
+    rows: list[dict[str, Any]],
+    *,
+    formats: dict[str, str] | None = None,
+    console: Console | None = None,
+) -> None:
+    """One row per dict (its keys are the columns): text left-aligned, numbers right-aligned; floats as
+    ``,.2f`` unless ``formats`` gives a column its own format spec (e.g. ``{"PSNR": ".1f"}``)."""
     from rich.console import Console
     from rich.table import Table
 
+    formats = formats or {}
     table = Table(title=title)
     for col in rows[0]:
         table.add_column(col, justify="left" if isinstance(rows[0][col], str) else "right")
     for row in rows:
-        table.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row.values()))
-    Console().print(table)
+        table.add_row(
+            *(
+                format(v, formats[k]) if k in formats else f"{v:,.2f}" if isinstance(v, float) else str(v)
+                for k, v in row.items()
+            )
+        )
+    (console or Console()).print(table)

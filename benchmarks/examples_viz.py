@@ -11,20 +11,24 @@ they land on their species' sheets. Writes PNGs, the t-SNE CSV and a comparison 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from herbarium2field.evaluation.metrics import evaluate, group_masks
-from herbarium2field.io import atomic_write_text
-from herbarium2field.viz.compare import comparison_markdown, comparison_table, plot_comparison
-from herbarium2field.viz.confusion import plot_confusion
-from herbarium2field.viz.curves import plot_training_curves
-from herbarium2field.viz.tsne import plot_tsne, save_tsne_csv, tsne_panel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-OUT = Path(__file__).resolve().parent / "results" / "examples"
+from benchmarks.common import RESULTS  # noqa: E402
+from herbarium2field.evaluation.metrics import evaluate, group_masks  # noqa: E402
+from herbarium2field.io import atomic_write_text  # noqa: E402
+from herbarium2field.viz.compare import comparison_markdown, comparison_table, plot_comparison  # noqa: E402
+from herbarium2field.viz.confusion import plot_confusion  # noqa: E402
+from herbarium2field.viz.curves import plot_training_curves  # noqa: E402
+from herbarium2field.viz.tsne import plot_tsne, save_tsne_csv, tsne_panel  # noqa: E402
+
+OUT = RESULTS / "examples"
 GENERA = [
     "Abutilon",
     "Acacia",

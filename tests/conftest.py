@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,21 @@ def aml_sample(shared_data: Path) -> Path:
     if not (root / "list" / "train.txt").is_file():
         pytest.skip(f"real image sample not found at {root}")
     return root
+
+
+@pytest.fixture
+def h2f_main(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
+    """Run ``h2f ARGS`` in this process as the console script does (``cli.main``: a user error is one line on
+    stderr and exit code 2) and return the exit code; the output is in ``capsys``."""
+    from herbarium2field import cli
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["h2f", *args])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        return int(exc.value.code or 0)
+
+    return run
 
 
 def write_jpeg(path: Path, color: tuple[int, int, int] = (120, 160, 90), size: tuple[int, int] = (48, 64)) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -276,18 +275,10 @@ def test_bad_input_gives_clear_errors(cache, tmp_path):
         load_classic(tmp_path)
 
 
-def test_cli_fit_classic(cache, tmp_path, monkeypatch, capsys):
-    from herbarium2field import cli
-
-    def h2f(*args: str) -> int:
-        monkeypatch.setattr(sys, "argv", ["h2f", *args])
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        return int(exc.value.code or 0)
-
+def test_cli_fit_classic(cache, tmp_path, h2f_main, capsys):
     run = tmp_path / "run"
     assert (
-        h2f(
+        h2f_main(
             "fit-classic",
             str(cache),
             "--classifier",
@@ -307,10 +298,10 @@ def test_cli_fit_classic(cache, tmp_path, monkeypatch, capsys):
     assert "knn (k=3; align standardize)" in text and "validation (" in text and "run written to" in text
     card = json.loads((run / "model_card.json").read_text())
     assert card["model"]["options"] == {"k": 3} and card["model"]["align"] == "standardize"
-    assert h2f("fit-classic", str(cache), "--classifier", "forest", "--out", str(tmp_path / "r2")) == 2
+    assert h2f_main("fit-classic", str(cache), "--classifier", "forest", "--out", str(tmp_path / "r2")) == 2
     err = capsys.readouterr().err
     assert "unknown classifier 'forest'" in err and "Traceback" not in err
-    assert h2f("fit-classic", str(tmp_path / "missing"), "--out", str(tmp_path / "r3")) == 2
+    assert h2f_main("fit-classic", str(tmp_path / "missing"), "--out", str(tmp_path / "r3")) == 2
     assert "feature cache not found" in capsys.readouterr().err
-    assert h2f("fit-classic", str(cache), "-o", "C", "--out", str(tmp_path / "r4")) == 2
+    assert h2f_main("fit-classic", str(cache), "-o", "C", "--out", str(tmp_path / "r4")) == 2
     assert "KEY=VALUE" in capsys.readouterr().err

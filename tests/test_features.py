@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,18 +210,10 @@ def test_bad_options_are_clear_errors(synth_small, tmp_path):
         embed(synth_small, tmp_path / "c", dtype="int8")
 
 
-def test_cli_embed_and_its_errors(synth_small, straight, tmp_path, monkeypatch, capsys):
-    from herbarium2field import cli
-
-    def h2f(*args: str) -> int:
-        monkeypatch.setattr(sys, "argv", ["h2f", *args])
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        return int(exc.value.code or 0)
-
+def test_cli_embed_and_its_errors(synth_small, straight, tmp_path, h2f_main, capsys):
     out = tmp_path / "c"
     assert (
-        h2f(
+        h2f_main(
             "embed",
             str(synth_small),
             str(out),
@@ -244,11 +235,13 @@ def test_cli_embed_and_its_errors(synth_small, straight, tmp_path, monkeypatch, 
     shutil.rmtree(out)
     shutil.copytree(straight.out, out)
     assert (
-        h2f("embed", str(synth_small), str(out), "--backbone", "mobilenetv3_small_050", "--size", "96") == 2
+        h2f_main("embed", str(synth_small), str(out), "--backbone", "mobilenetv3_small_050", "--size", "96")
+        == 2
     )
     err = capsys.readouterr().err
     assert "stale cache" in err and "--force" in err and "Traceback" not in err
     assert (
-        h2f("embed", str(synth_small), str(out), "--backbone", "mobilenetv3_small_050", "--mean", "1,2") == 2
+        h2f_main("embed", str(synth_small), str(out), "--backbone", "mobilenetv3_small_050", "--mean", "1,2")
+        == 2
     )
     assert "three comma-separated numbers" in capsys.readouterr().err

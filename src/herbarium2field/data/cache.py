@@ -35,6 +35,8 @@ from PIL import Image
 from herbarium2field.data.images import ImageError, load_rgb
 from herbarium2field.errors import ConfigError, H2FError
 from herbarium2field.paths import default_cache_dir
+from herbarium2field.progress import image_progress
+from herbarium2field.system import usable_cores
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -232,42 +234,6 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        return os.cpu_count() or 1
-
-
-def _progress_bar():  # -> rich.progress.Progress
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class _Rate(ProgressColumn):
-        def render(self, task) -> Text:  # type: ignore[no-untyped-def]
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} images/s" if speed else "- images/s", style="progress.data.speed")
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-
-
 def prepare_cache(
     root: Path,
     rel_paths: Sequence[str],
@@ -334,9 +300,8 @@ def _run(
     """Process ``todo`` (in a pool if worth it), recording results in ``index`` and ``report``; the index
     is flushed every few seconds and always at the end, Ctrl-C included."""
     size = report.size
-    workers = workers if workers > 0 else _default_workers()
+    workers = workers if workers > 0 else usable_cores()
     workers = min(workers, len(todo))
-    bar = _progress_bar() if progress and todo else None
     pool = None
     last_flush = time.monotonic()
     try:
@@ -347,29 +312,24 @@ def _run(
             results = pool.imap_unordered(_prepare_one, todo, chunksize=chunk)
         else:
             results = map(_prepare_one, todo)
-        if bar is not None:
-            bar.start()
-            task = bar.add_task(f"resizing to {size}px", total=len(todo))
-        for rel, key, error in results:
-            if error is None:
-                index[rel] = key
-                report.written += 1
-            else:
-                report.failed.append((rel, error))
-                with contextlib.suppress(OSError):
-                    _cache_file(folder, rel).unlink()
-            if bar is not None:
-                bar.advance(task)
-            if time.monotonic() - last_flush > _FLUSH_SECONDS:
-                _write_index(folder, size, index)
-                last_flush = time.monotonic()
-        if pool is not None:
-            pool.close()
-            pool.join()
-            pool = None
+        with image_progress(len(todo), f"resizing to {size}px", show=progress) as advance:
+            for rel, key, error in results:
+                if error is None:
+                    index[rel] = key
+                    report.written += 1
+                else:
+                    report.failed.append((rel, error))
+                    with contextlib.suppress(OSError):
+                        _cache_file(folder, rel).unlink()
+                advance(1)
+                if time.monotonic() - last_flush > _FLUSH_SECONDS:
+                    _write_index(folder, size, index)
+                    last_flush = time.monotonic()
+            if pool is not None:
+                pool.close()
+                pool.join()
+                pool = None
     finally:
-        if bar is not None:
-            bar.stop()
         if pool is not None:
             pool.terminate()
             pool.join()

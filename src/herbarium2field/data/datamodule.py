@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from herbarium2field.config import ExperimentConfig
 from herbarium2field.data.cache import DEFAULT_SIZE, ImageSource
 from herbarium2field.data.datasets import DOMAIN_CODES, ImageTableDataset
-from herbarium2field.data.manifest import Dataset
+from herbarium2field.data.manifest import Dataset, labels_of
 from herbarium2field.data.samplers import BalancedSampler
 from herbarium2field.data.split import validation_mask
 from herbarium2field.data.transforms import eval_transform, train_transform
@@ -27,12 +27,6 @@ def image_source(ds: Dataset, *, cache: bool = True, size: int | None = None, mi
     ``min_size`` is the short side the model needs: a cache smaller than that is not used.
     """
     return ImageSource(ds.root, size=max(size or DEFAULT_SIZE, min_size), use_cache=cache)
-
-
-def labels_of(table: pd.DataFrame, class_index: dict[str, int]) -> np.ndarray:
-    """Class indices for a table; -1 for unlabelled rows or species unknown to the model."""
-    return np.array([class_index.get(c, -1) if isinstance(c, str) else -1 for c in table.class_id.tolist()],
-                    dtype=np.int64)
 
 
 def table_dataset(table: pd.DataFrame, source: ImageSource, class_index: dict[str, int],

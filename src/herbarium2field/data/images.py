@@ -166,15 +166,7 @@ def load_rgb(path: str | Path, *, min_side: int | None = None, max_pixels: int =
     """
     _check_min_side(min_side)
     path = Path(path)
-    try:
-        fp = open(path, "rb")  # noqa: SIM115 - closed below; PIL must not own it (multi-frame keeps it)
-    except FileNotFoundError:
-        raise ImageError("image file not found", path=path, hint="check the path and the list file") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder, not an image file", path=path) from None
-    except OSError as exc:
-        raise ImageError(f"cannot read the file ({exc.strerror or exc})", path=path) from None
-    with fp:
+    with _open_file(path) as fp:
         return _load(fp, path, min_side=min_side, max_pixels=max_pixels)
 
 
@@ -211,15 +203,7 @@ def check_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> None:
     fully; no resizing.
     """
     path = Path(path)
-    try:
-        fp = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise ImageError("image file not found", path=path, hint="check the path and the list file") from None
-    except IsADirectoryError:
-        raise ImageError("is a folder, not an image file", path=path) from None
-    except OSError as exc:
-        raise ImageError(f"cannot read the file ({exc.strerror or exc})", path=path) from None
-    with fp:
+    with _open_file(path) as fp:
         img = _open_checked(fp, path, max_pixels)
         try:
             if img.format in ("JPEG", "MPO"):
@@ -231,6 +215,21 @@ def check_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> None:
 
 
 # ---- internals -------------------------------------------------------------------------------------
+
+
+def _open_file(path: Path) -> BinaryIO:
+    """Open ``path`` for reading; a missing file, a folder or an unreadable file is an :class:`ImageError`.
+
+    The caller closes it (``with``); PIL must not own it (a multi-frame image would keep it open).
+    """
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        raise ImageError("image file not found", path=path, hint="check the path and the list file") from None
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image file", path=path) from None
+    except OSError as exc:
+        raise ImageError(f"cannot read the file ({exc.strerror or exc})", path=path) from None
 
 
 def _short_side_target(size: tuple[int, int], short: int) -> tuple[int, int] | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from herbarium2field.errors import H2FError, Problem
@@ -86,6 +87,12 @@ class Dataset:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.kind not in ERROR_KINDS]
+
+
+def labels_of(table: pd.DataFrame, class_index: dict[str, int]) -> np.ndarray:
+    """Class indices for a table; -1 for unlabelled rows or species unknown to the model."""
+    return np.array([class_index.get(c, -1) if isinstance(c, str) else -1 for c in table.class_id.tolist()],
+                    dtype=np.int64)
 
 
 class DatasetError(H2FError):

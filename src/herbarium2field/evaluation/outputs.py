@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from herbarium2field.data.manifest import Dataset, read_dataset
+from herbarium2field.data.manifest import Dataset, labels_of, read_dataset
 from herbarium2field.errors import H2FError
 from herbarium2field.io import atomic_path
 from herbarium2field.training.run_dir import ModelCard, RunPaths
@@ -104,8 +104,8 @@ def split_table(run: Path, ds: Dataset, split: str) -> pd.DataFrame:
 
 
 def labels_for(table: pd.DataFrame, card: ModelCard) -> np.ndarray:
-    index = {c: i for i, c in enumerate(card.class_ids)}
-    return np.array([index.get(c, -1) if isinstance(c, str) else -1 for c in table.class_id.tolist()], dtype=np.int64)
+    """Class indices in the model's class order (-1: unlabelled, or a species the model does not know)."""
+    return labels_of(table, {c: i for i, c in enumerate(card.class_ids)})
 
 
 def split_outputs(run: str | Path, split: str = "test", *, data: str | Path | None = None, tta: str | None = None,

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from herbarium2field.data.manifest import labels_of
 from herbarium2field.errors import H2FError
 from herbarium2field.features.align import Alignment, fit_alignment
 from herbarium2field.features.classifiers import Classifier, make_classifier, resolve_options
 from herbarium2field.features.store import CacheSpec, Features, load_features
 from herbarium2field.io import atomic_path, write_json
-from herbarium2field.training.run_dir import ModelCard, RunPaths
+from herbarium2field.training.run_dir import ModelCard, RunPaths, package_version
 
 #: Score of a species the classifier never saw (below every real score).
 ABSENT = float("-inf")
@@ -183,7 +184,7 @@ def fit_classic(
         },
         embedding_dim=feats.dim,
         checkpoint=MODEL_FILE,
-        extra={"sklearn": _version("scikit-learn")},
+        extra={"sklearn": package_version("scikit-learn")},
     )
     model = ClassicModel(card, clf, alignment)
     if val.any():
@@ -194,8 +195,7 @@ def fit_classic(
 def _validate(model: ClassicModel, feats: Features, val: np.ndarray) -> dict[str, Any]:
     from herbarium2field.evaluation.metrics import evaluate, group_masks
 
-    index = {c: i for i, c in enumerate(model.card.class_ids)}
-    y = np.array([index.get(str(c), -1) for c in feats.table.class_id[val]])
+    y = labels_of(feats.table[val], {c: i for i, c in enumerate(model.card.class_ids)})
     scores = model.scores(feats.embeddings[val], feats.table.domain[val].astype(str).to_numpy())
     groups = group_masks(y, model.card.class_ids, set(model.card.with_pairs))
     res = evaluate(scores, y, groups, ks=(1, 5), n_boot=0)["groups"]
@@ -204,15 +204,6 @@ def _validate(model: ClassicModel, feats: Features, val: np.ndarray) -> dict[str
         prefix = "" if g == "overall" else f"{g}_"
         out.update({f"val_{prefix}top1": r["top1"], f"val_{prefix}top5": r["top5"]})
     return out
-
-
-def _version(pkg: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 # ---- saving and loading ------------------------------------------------------------------------------

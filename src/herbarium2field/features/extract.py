@@ -14,19 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from herbarium2field.data.cache import ImageSource
 from herbarium2field.data.datamodule import image_source
 from herbarium2field.data.manifest import read_dataset
 from herbarium2field.data.transforms import eval_transform
-from herbarium2field.errors import H2FError, ImageError
+from herbarium2field.errors import H2FError
 from herbarium2field.features.store import CacheSpec, CacheWriter, images_sha256
+from herbarium2field.hashing import file_sha256
 from herbarium2field.models.backbones import Preprocessing, create_backbone, preprocessing_for
-from herbarium2field.models.weights import file_sha256
+from herbarium2field.models.predict import default_device, embed_batch, table_batches
+from herbarium2field.progress import image_progress
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -121,7 +122,7 @@ def _resize_vit(net: nn.Module, size: int, name: str) -> None:
 
 
 def _from_run(spec: ExtractorSpec) -> Extractor:
-    from herbarium2field.training.run_dir import RunPaths, load_network
+    from herbarium2field.training.run_dir import checkpoint_path, load_network
 
     given = [
         n
@@ -141,8 +142,7 @@ def _from_run(spec: ExtractorSpec) -> Extractor:
         )
     run = Path(spec.run).resolve()  # type: ignore[arg-type]
     net, card, _cfg = load_network(run)
-    paths = RunPaths(run)
-    ckpt = paths.best if paths.best.is_file() else paths.root / card.checkpoint
+    ckpt = checkpoint_path(run, card)
     source = {"kind": "run", "run": str(run), "run_name": card.name, "checkpoint": str(ckpt)}
     return Extractor(
         net.eval(),
@@ -191,38 +191,10 @@ def extractor_from_spec(spec: CacheSpec | dict[str, Any]) -> Extractor:
 # ---- embedding ---------------------------------------------------------------------------------------
 
 
-class _Images(Dataset):
-    """``(tensor, row, ok)`` per image; an undecodable image gives zeros and ``ok = False`` (never another
-    image in its place, unlike training, where substituting keeps a long run alive)."""
-
-    def __init__(self, paths: list[str], rows: list[int], source: ImageSource, pre: Preprocessing) -> None:
-        self.paths, self.rows, self.source = paths, rows, source
-        self.transform = eval_transform(pre)
-        self.shape = (3, pre.input_size, pre.input_size)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
-        row = self.rows[i]
-        try:
-            return self.transform(self.source.load(self.paths[row])), row, True
-        except ImageError:
-            return torch.zeros(self.shape), row, False
-
-
-def embed_batch(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised embeddings of a batch: ``net.embed`` for an H2FNet, pooled features for a timm model."""
-    e = net.embed(x) if hasattr(net, "embed") else net(x)
-    if e.ndim > 2:  # feature map or tokens from a backbone without pooling
-        e = e.flatten(2).mean(-1) if e.ndim == 4 else e.mean(1)
-    return F.normalize(e.float(), dim=1)
-
-
 def _device_setup(net: nn.Module, precision: str) -> tuple[nn.Module, torch.device, torch.dtype | None]:
     if precision not in PRECISIONS:
         raise H2FError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     amp = torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
     net = net.to(device).eval()
     if device.type == "cuda":
@@ -235,30 +207,29 @@ def embed_rows(
     net: nn.Module,
     pre: Preprocessing,
     source: ImageSource,
-    paths: list[str],
+    table: pd.DataFrame,
     rows: list[int],
     *,
     batch_size: int = 32,
     num_workers: int = 2,
     precision: str = "auto",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(rows, embeddings)`` batch by batch, in order; failed images give NaN rows."""
+    """Yield ``(rows, embeddings)`` for ``table.iloc[rows]`` batch by batch, in order; failed images give NaN
+    rows (never another image's embedding)."""
     net, device, amp = _device_setup(net, precision)
-    loader = DataLoader(
-        _Images(paths, rows, source, pre),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    for x, r, ok in loader:
+    wanted = np.asarray(rows, dtype=np.int64)
+    for x, pos in table_batches(
+        table.iloc[wanted], source, eval_transform(pre), batch_size=batch_size, num_workers=num_workers
+    ):
+        ok = (pos >= 0).numpy()
+        r = wanted[np.where(ok, pos.numpy(), -pos.numpy() - 1)]
         x = x.to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             e = embed_batch(net, x).cpu().numpy()
-        e[~ok.numpy()] = np.nan
-        yield r.numpy(), e
+        e[~ok] = np.nan
+        yield r, e
 
 
 @dataclass
@@ -339,12 +310,12 @@ def embed_dataset(
         buf: dict[int, np.ndarray] = {}
         shard_iter = iter(pending)
         current = next(shard_iter)
-        with _Bar(progress, len(rows), f"embedding with {ex.backbone}") as advance:
+        with image_progress(len(rows), f"embedding with {ex.backbone}", show=progress) as advance:
             for r, e in embed_rows(
                 ex.net,
                 ex.pre,
                 source,
-                paths,
+                table,
                 rows,
                 batch_size=batch_size,
                 num_workers=num_workers,
@@ -364,7 +335,7 @@ def embed_dataset(
         writer.finish(
             images_per_s=round(done / seconds, 2) if done and seconds > 0 else None,
             precision=precision,
-            device="cuda" if torch.cuda.is_available() else "cpu",
+            device=default_device().type,
         )
     return EmbedReport(
         Path(out),
@@ -390,47 +361,3 @@ def _limit(writer: CacheWriter, pending: list[int], max_images: int) -> list[int
         kept.append(k)
         n += len(writer.rows_of(k))
     return kept
-
-
-class _Bar:
-    """A Rich progress bar with images/s (or nothing), used as ``with _bar(...) as advance``."""
-
-    def __init__(self, show: bool, total: int, description: str) -> None:
-        self.show, self.total, self.description = show, total, description
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        if not self.show:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} images/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(self.description, total=self.total, rate="-")
-        self.start, self.done = time.perf_counter(), 0
-
-        def advance(n: int) -> None:
-            self.done += n
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            self.progress.update(self.task, advance=n, rate=f"{rate:,.1f}")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.show:
-            self.progress.stop()

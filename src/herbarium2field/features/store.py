@@ -25,7 +25,6 @@ detected (rebuild with ``--force``). An image that cannot be decoded gets a NaN 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from herbarium2field.errors import H2FError
+from herbarium2field.hashing import lines_sha256
 from herbarium2field.io import atomic_path, write_json
 
 FORMAT = 1
@@ -91,11 +91,7 @@ def _short(x: Any) -> str:
 
 def images_sha256(paths: Sequence[str]) -> str:
     """Hash of the ordered image list (what rows the cache has, and in which order)."""
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(str(p).encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    return lines_sha256(str(p) for p in paths)
 
 
 # ---- writing -----------------------------------------------------------------------------------------
@@ -107,6 +103,12 @@ def shard_path(folder: Path, k: int) -> Path:
 
 def n_shards(n_images: int, shard_size: int) -> int:
     return -(-n_images // shard_size) if n_images else 0
+
+
+def shard_rows(layout: dict[str, Any], k: int) -> range:
+    """The image rows that shard ``k`` holds (the last shard may be short)."""
+    s, n = layout["shard_size"], layout["n_images"]
+    return range(k * s, min((k + 1) * s, n))
 
 
 class CacheWriter:
@@ -204,8 +206,7 @@ class CacheWriter:
         return self.meta["layout"]
 
     def rows_of(self, k: int) -> range:
-        s, n = self.layout["shard_size"], self.layout["n_images"]
-        return range(k * s, min((k + 1) * s, n))
+        return shard_rows(self.layout, k)
 
     def is_done(self, k: int) -> bool:
         """A shard file that exists and has the right shape and dtype (written atomically, so complete)."""
@@ -381,7 +382,7 @@ def load_features(path: str | Path) -> Features:
     parts = []
     missing = []
     for k in range(lay["n_shards"]):
-        rows = min(lay["shard_size"], lay["n_images"] - k * lay["shard_size"])
+        rows = len(shard_rows(lay, k))
         p = shard_path(folder, k)
         if not p.is_file():
             missing.append(k)

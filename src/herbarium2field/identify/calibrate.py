@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from herbarium2field.data.manifest import Dataset
+from herbarium2field.data.manifest import Dataset, labels_of
 from herbarium2field.data.split import validation_mask
 from herbarium2field.evaluation.outputs import SplitParams, split_params  # noqa: F401 (re-exported)
 from herbarium2field.io import write_json
@@ -141,7 +141,7 @@ def calibrate_run(
     num_workers: int = 2,
 ) -> tuple[dict[str, Any], bool]:
     """Compute (or reuse) the run's calibration; returns ``(calibration, up_to_date)``."""
-    from herbarium2field.data.datamodule import image_source, labels_of
+    from herbarium2field.data.datamodule import image_source
     from herbarium2field.identify.combine import compare_combinations, log_probabilities
 
     run = Path(run)

@@ -59,14 +59,14 @@ class _NetworkGraph(nn.Module):
 
 class _BackboneGraph(nn.Module):
     """``images -> L2-normalised embeddings`` of a classic run's frozen network, made as its feature cache
-    was (``features.extract.embed_batch``: pooled timm features, or an H2FNet's embedding)."""
+    was (``models.predict.embed_batch``: pooled timm features, or an H2FNet's embedding)."""
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
 
     def forward(self, x: Tensor) -> Tensor:
-        from herbarium2field.features.extract import embed_batch
+        from herbarium2field.models.predict import embed_batch
 
         return embed_batch(self.backbone, x)
 

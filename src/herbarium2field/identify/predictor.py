@@ -15,18 +15,15 @@ machines' worth of cores, run more server processes (each loads its own copy).
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -34,6 +31,8 @@ from herbarium2field.data.cache import ImageSource
 from herbarium2field.data.transforms import eval_transform
 from herbarium2field.errors import H2FError
 from herbarium2field.models.backbones import Preprocessing
+from herbarium2field.models.predict import default_device, embed_and_score, embed_batch, table_batches
+from herbarium2field.system import usable_cores
 from herbarium2field.training.run_dir import ModelCard, RunPaths
 
 BACKENDS = ("torch", "onnx")
@@ -64,13 +63,6 @@ class Predictor(Protocol):
         """The same for every row of a dataset table (images read through ``source``), batched; rows whose
         image cannot be read come back as NaN (never as another image's outputs)."""
         ...
-
-
-def available_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        return os.cpu_count() or 1
 
 
 class _Base:
@@ -105,24 +97,25 @@ class _Base:
         progress: bool = False,
         description: str = "embedding",
     ) -> tuple[np.ndarray, np.ndarray]:
-        from herbarium2field.data.datamodule import eval_loader  # imports Lightning: only when needed
-
-        loader = eval_loader(
-            table, source, {}, self.transform, batch_size=batch_size, num_workers=num_workers
-        )
         embs: list[np.ndarray] = []
         scores: list[np.ndarray] = []
-        with _progress(len(table), progress, description) as advance:
-            for x, _, _, rows in loader:
-                with self._lock:
-                    e, s = self._forward(x)
-                bad = (rows < 0).numpy()  # unreadable image: the loader flags it, we blank its outputs
-                if bad.any():
-                    e, s = e.copy(), s.copy()
-                    e[bad], s[bad] = np.nan, np.nan
-                embs.append(e)
-                scores.append(s)
-                advance(len(x))
+        for x, rows in table_batches(
+            table,
+            source,
+            self.transform,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
+            description=description,
+        ):
+            with self._lock:
+                e, s = self._forward(x)
+            bad = (rows < 0).numpy()  # unreadable image: the loader flags it, we blank its outputs
+            if bad.any():
+                e, s = e.copy(), s.copy()
+                e[bad], s[bad] = np.nan, np.nan
+            embs.append(e)
+            scores.append(s)
         if not embs:
             return (
                 np.zeros((0, self.card.embedding_dim), np.float32),
@@ -136,17 +129,14 @@ class TorchNetworkPredictor(_Base):
 
     def __init__(self, net: nn.Module, card: ModelCard, pre: Preprocessing) -> None:
         super().__init__(card, pre)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = default_device()
         self.net = net.to(self.device).eval()
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        emb = self.net.embed(x.to(self.device))
-        logits = self.net.head.logits(emb)
-        return (
-            F.normalize(emb.float(), dim=1).cpu().numpy().astype(np.float32),
-            logits.float().cpu().numpy().astype(np.float32),
-        )
+        emb, logits = embed_and_score(self.net, x.to(self.device))  # as in evaluation
+        assert logits is not None  # an H2FNet always has a head
+        return emb, logits
 
 
 class TorchClassicPredictor(_Base):
@@ -156,14 +146,13 @@ class TorchClassicPredictor(_Base):
 
     def __init__(self, backbone: nn.Module, classic: Any, card: ModelCard, pre: Preprocessing) -> None:
         super().__init__(card, pre)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = default_device()
         self.net = backbone.to(self.device).eval()
         self.classic = classic
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        from herbarium2field.features.extract import embed_batch  # exactly how the feature cache was made
-
+        # embed_batch: exactly how the feature cache was made
         emb = embed_batch(self.net, x.to(self.device)).cpu().numpy().astype(np.float32)
         return emb, _classic_scores(self.classic, emb)
 
@@ -201,7 +190,7 @@ def _classic_scores(classic: Any, emb: np.ndarray) -> np.ndarray:
 
 def set_threads(threads: int | None) -> int:
     """Intra-op threads for torch (the process-wide setting); returns the number in use."""
-    n = threads or available_threads()
+    n = threads or usable_cores()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
@@ -248,40 +237,3 @@ def _load_classic(run: Path) -> Any:
             path=run,
         ) from None
     return load_classic(run)
-
-
-class _progress:
-    """A Rich progress bar over ``total`` images (or nothing); ``advance(n)`` inside the ``with``."""
-
-    def __init__(self, total: int, show: bool, description: str) -> None:
-        self.total, self.show, self.description = total, show, description
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.show or self.total == 0:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} img/s"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total, rate="-")
-        start, done = time.perf_counter(), [0]
-
-        def advance(n: int) -> None:
-            done[0] += n
-            rate = done[0] / max(time.perf_counter() - start, 1e-9)
-            self.bar.update(task, advance=n, rate=f"{rate:.1f}")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -11,7 +11,6 @@ keep the trunk.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from herbarium2field.errors import H2FError
+from herbarium2field.hashing import file_sha256
 
 #: Prefixes that wrappers add to parameter names; stripped (repeatedly) before matching.
 PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.", "trunk.", "net.", "base_model.")
@@ -69,14 +69,6 @@ def resolve_weights_path(spec: str) -> Path:
         raise H2FError("weights file not found", path=path,
                        hint="pass a state dict / timm / Lightning / PlantCLEF checkpoint file")
     return path
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -8,30 +8,14 @@ a run elsewhere (new mtimes, same bytes) does not force a rebuild.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from herbarium2field.errors import H2FError
-from herbarium2field.models.weights import file_sha256
-from herbarium2field.training.run_dir import ModelCard, RunPaths
-
-
-def checkpoint_path(run: Path, card: ModelCard) -> Path:
-    """The file that holds a run's weights, as the predictor loads it."""
-    paths = RunPaths(Path(run))
-    if card.kind == "network" and paths.best.is_file():
-        return paths.best
-    path = paths.root / card.checkpoint
-    if not path.is_file():
-        raise H2FError(
-            "no model checkpoint in this run",
-            path=path,
-            hint="train it to the end (`h2f train`) or fit it (`h2f fit-classic`)",
-        )
-    return path
+from herbarium2field.hashing import file_sha256, lines_sha256
+from herbarium2field.training.run_dir import ModelCard, checkpoint_path
 
 
 def model_fingerprint(run: Path, card: ModelCard) -> dict[str, Any]:
@@ -43,7 +27,7 @@ def model_fingerprint(run: Path, card: ModelCard) -> dict[str, Any]:
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "sha256": file_sha256(path),
-        "class_ids_sha256": _hash_lines(card.class_ids),
+        "class_ids_sha256": lines_sha256(card.class_ids),
         "preprocessing": card.preprocessing,
     }
 
@@ -58,7 +42,7 @@ def same_model(recorded: dict[str, Any] | None, run: Path, card: ModelCard) -> b
         return False
     if recorded.get("checkpoint") != path.relative_to(Path(run)).as_posix():
         return False
-    if recorded.get("class_ids_sha256") != _hash_lines(card.class_ids):
+    if recorded.get("class_ids_sha256") != lines_sha256(card.class_ids):
         return False
     if recorded.get("preprocessing") != card.preprocessing:
         return False
@@ -77,12 +61,4 @@ def images_fingerprint(root: Path, rows: Iterable[tuple[str, str]]) -> str:
             lines.append(f"{rel}\t{cid}\t{st.st_size}\t{st.st_mtime_ns}")
         except OSError:
             lines.append(f"{rel}\t{cid}\tmissing")
-    return _hash_lines(lines)
-
-
-def _hash_lines(lines: Iterable[str]) -> str:
-    h = hashlib.sha256()
-    for line in lines:
-        h.update(line.encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    return lines_sha256(lines)

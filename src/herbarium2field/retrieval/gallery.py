@@ -36,8 +36,10 @@ from herbarium2field.data.images import load_rgb
 from herbarium2field.data.manifest import Dataset
 from herbarium2field.errors import H2FError, ImageError
 from herbarium2field.io import write_json
+from herbarium2field.progress import image_progress
 from herbarium2field.retrieval.freshness import images_fingerprint, model_fingerprint, same_model
 from herbarium2field.retrieval.index import IndexSpec, build_index, load_index, save_index, search
+from herbarium2field.system import usable_cores
 from herbarium2field.training.run_dir import ModelCard
 
 GALLERY_DIR = "gallery"
@@ -245,7 +247,6 @@ def _write_thumbnails(
 
     Decoding every sheet here first also keeps unreadable sheets out of the embedding pass (whose data
     loader would silently substitute another image of the class)."""
-    from herbarium2field.identify.predictor import _progress, available_threads
 
     def one(rel: str) -> bytes | str:
         try:
@@ -260,8 +261,8 @@ def _write_thumbnails(
     skipped: list[tuple[str, str]] = []
     with (
         open(folder / "thumbs.bin", "wb") as f,
-        ThreadPoolExecutor(max(1, available_threads())) as pool,
-        _progress(len(rows), progress, "thumbnails") as advance,
+        ThreadPoolExecutor(max(1, usable_cores())) as pool,
+        image_progress(len(rows), "thumbnails", show=progress) as advance,
     ):
         for i, out in enumerate(pool.map(one, rows.path.tolist())):
             if isinstance(out, bytes):

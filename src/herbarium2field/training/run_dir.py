@@ -79,7 +79,7 @@ class ModelCard:
     dataset: dict[str, Any]
     embedding_dim: int
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    h2f_version: str = field(default_factory=lambda: _version("herbarium2field"))
+    h2f_version: str = field(default_factory=lambda: package_version("herbarium2field"))
     checkpoint: str = "checkpoints/best.ckpt"
     validation: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +99,23 @@ class ModelCard:
             raise H2FError(f"model card is damaged: {exc}", path=path) from None
 
 
-def _version(pkg: str) -> str:
+def checkpoint_path(run: Path, card: ModelCard) -> Path:
+    """The file that holds a run's weights, as the predictor loads it."""
+    paths = RunPaths(Path(run))
+    if card.kind == "network" and paths.best.is_file():
+        return paths.best
+    path = paths.root / card.checkpoint
+    if not path.is_file():
+        raise H2FError(
+            "no model checkpoint in this run",
+            path=path,
+            hint="train it to the end (`h2f train`) or fit it (`h2f fit-classic`)",
+        )
+    return path
+
+
+def package_version(pkg: str) -> str:
+    """Installed version of a distribution, or "not installed"."""
     try:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
@@ -129,7 +145,7 @@ def environment() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpus": gpus,
-        "packages": {p: _version(p) for p in PACKAGES},
+        "packages": {p: package_version(p) for p in PACKAGES},
         "git_commit": git_commit(),
         "command": sys.argv,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -185,26 +185,17 @@ def plot_training_curves(
             Line2D([], [], color=RUN_COLORS[i % len(RUN_COLORS)], linewidth=2.5, label=label)
             for i, label in enumerate(tables)
         ]
-    for name, ls in (("train", "-"), ("val", "--")):
-        if name in drawn["loss"]:
+    series = [("loss", name, ls, f"{name} loss") for name, ls in (("train", "-"), ("val", "--"))]
+    series += [("acc", name, ls, f"val accuracy, {name}") for _, name, ls in GROUP_SERIES]
+    for kind, name, ls, label in series:
+        if name in drawn[kind]:
             handles.append(
                 Line2D(
                     [],
                     [],
                     color=SINGLE_RUN_COLORS[name] if single else "#444444",
                     linestyle=ls,
-                    label=f"{name} loss",
-                )
-            )
-    for _, name, ls in GROUP_SERIES:
-        if name in drawn["acc"]:
-            handles.append(
-                Line2D(
-                    [],
-                    [],
-                    color=SINGLE_RUN_COLORS[name] if single else "#444444",
-                    linestyle=ls,
-                    label=f"val accuracy, {name}",
+                    label=label,
                 )
             )
     if any(_warmup_span(df) is not None for df in tables.values()):

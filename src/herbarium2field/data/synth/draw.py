@@ -52,6 +52,15 @@ def hsv(h: float, s: float, v: float) -> RGB:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def vary_hsv(
+    base: tuple[float, float, float], rng: np.random.Generator, spread: tuple[float, float]
+) -> tuple[float, float, float]:
+    """A species' colour varied per image: hue shifted by up to 0.02 either way, saturation and value
+    each scaled by a factor drawn from ``spread`` (in that order, so one seed gives one image)."""
+    h, s, v = base
+    return h + rng.uniform(-0.02, 0.02), s * rng.uniform(*spread), v * rng.uniform(*spread)
+
+
 def scale(color: RGB, factor: float) -> RGB:
     return tuple(min(max(int(c * factor), 0), 255) for c in color)  # type: ignore[return-value]
 

@@ -11,7 +11,16 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from herbarium2field.data.synth.draw import Palette, affine, bounds, hsv, mix, plant_shapes, rasterise
+from herbarium2field.data.synth.draw import (
+    Palette,
+    affine,
+    bounds,
+    hsv,
+    mix,
+    plant_shapes,
+    rasterise,
+    vary_hsv,
+)
 from herbarium2field.data.synth.morphology import Species
 from herbarium2field.data.synth.plant import grow
 from herbarium2field.data.synth.texture import (
@@ -30,10 +39,7 @@ SCENES = ("foliage", "grass", "soil", "sky", "forest")
 
 def living_palette(sp: Species, rng: np.random.Generator) -> Palette:
     """Colours of the living plant: the species' green and flower colour, varied per photo."""
-    h, s, v = sp.green_hsv
-    h += rng.uniform(-0.02, 0.02)
-    s *= rng.uniform(0.85, 1.15)
-    v *= rng.uniform(0.85, 1.15)
+    h, s, v = vary_hsv(sp.green_hsv, rng, (0.85, 1.15))
     leaf = hsv(h, s, v)
     fh, fs, fv = sp.flower_hsv
     return Palette(

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +26,8 @@ from herbarium2field.data.synth.herbarium import render_herbarium
 from herbarium2field.data.synth.morphology import Species
 from herbarium2field.data.synth.plan import ImageJob, Plan, SynthOptions, list_files, make_plan
 from herbarium2field.errors import H2FError
+from herbarium2field.io import atomic_path
+from herbarium2field.progress import track_images
 
 MARKER = ".h2f-synth.json"
 JPEG_QUALITY = 90
@@ -80,10 +82,10 @@ def render(job: ImageJob, sp: Species, seed: int, size: int) -> Image.Image:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and ``os.replace`` it: never a half file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write through a temporary file in the same folder and ``os.replace`` it: never a half file (no
+    fsync: a synthetic image lost in a crash is simply rendered again)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _encode(image: Image.Image) -> bytes:
@@ -179,22 +181,6 @@ def _run(tasks: list[tuple[Path, ImageJob, Species, int, int]], workers: int) ->
         yield from pool.map(_work, tasks, chunksize=max(1, min(32, len(tasks) // (workers * 8))))
 
 
-def _with_progress(items: Iterable[str], total: int) -> Iterator[str]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=True) as progress:
-        bar = progress.add_task("rendering", total=total)
-        for item in items:
-            progress.advance(bar)
-            yield item
-
-
 def generate_dataset(
     out: Path,
     *,
@@ -249,7 +235,7 @@ def generate_dataset(
     tasks = [(out, job, plan.species[job.species_index], seed, size) for job in plan.jobs]
     done = _run(tasks, workers)
     if progress:
-        done = _with_progress(done, len(tasks))
+        done = track_images(done, len(tasks), "rendering", transient=True)
     counts = {"herbarium": 0, "field": 0, "test": 0}
     for domain in done:
         counts[domain] += 1

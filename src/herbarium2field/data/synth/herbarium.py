@@ -21,6 +21,7 @@ from herbarium2field.data.synth.draw import (
     plant_shapes,
     rasterise,
     scale,
+    vary_hsv,
 )
 from herbarium2field.data.synth.morphology import Species
 from herbarium2field.data.synth.plant import grow
@@ -49,10 +50,7 @@ _INKS = [(25, 25, 25), (40, 40, 55), (30, 35, 80), (60, 45, 35)]
 
 def dried_palette(sp: Species, rng: np.random.Generator) -> Palette:
     """Colours of a pressed specimen: the species' drying tone, varied per sheet; flowers faded to brown."""
-    h, s, v = sp.dry_hsv
-    h += rng.uniform(-0.02, 0.02)
-    s *= rng.uniform(0.8, 1.2)
-    v *= rng.uniform(0.8, 1.2)
+    h, s, v = vary_hsv(sp.dry_hsv, rng, (0.8, 1.2))
     leaf = hsv(h, s, v)
     fh, fs, fv = sp.flower_hsv
     petal = mix(hsv(fh, fs * 0.35, fv * 0.7), (120, 90, 55), 0.45)
