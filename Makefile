@@ -52,7 +52,7 @@ test-slow: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
