@@ -195,7 +195,7 @@ def test_interrupt_keeps_finished_work_and_never_indexes_partial_files(tmp_path)
     root = tmp_path / "data"
     src = tmp_path / "big.png"
     Image.new("RGB", (2400, 1800), (90, 120, 60)).save(src)  # slow to decode, tiny on disk
-    n = 60
+    n = 300  # several seconds of work, so the interrupt lands mid-run even on a loaded machine
     for i in range(n):
         dest = root / "train" / "herbarium" / "sp1" / f"{i:03d}.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
