@@ -337,3 +337,28 @@ def test_classic_run_identifies_with_both_backends(classic_run, synth_small):
     emb, scores = t.predictor.predict(images)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-4)  # predict_proba, used as is
+
+
+def test_prototype_inference_mode_ranks_by_shifted_prototypes(tiny_run, tmp_path):
+    """A run whose config says `inference.mode: prototype` is evaluated and identified that way."""
+    import yaml
+
+    from herbarium2field.evaluation.evaluate import evaluate_run
+    from herbarium2field.evaluation.outputs import split_outputs
+    from herbarium2field.evaluation.prototypes import prototype_scores, run_prototypes
+
+    run = tmp_path / "proto"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["inference"] = {"mode": "prototype", "prototype_source": "shifted", "field_weight": 0.5}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (res,) = evaluate_run(run, n_boot=0)
+    assert res.mode == "prototype-shifted"
+    pred = load_predictor(run)
+    test = split_outputs(run, "test")
+    images = [Image.open(Path(ModelCard.load(run / "model_card.json").dataset["root"]) / p)
+              for p in test.table.path[:3]]
+    emb, scores = pred.predict(images)
+    want = 15.0 * prototype_scores(emb, run_prototypes(run, source="shifted"))
+    assert np.allclose(scores, want, atol=1e-4)
+    assert not np.allclose(scores, load_predictor(tiny_run).predict(images)[1], atol=1e-2)

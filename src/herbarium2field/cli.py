@@ -235,10 +235,11 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory (h2f train or h2f fit-classic).")],
     data: Annotated[str | None, typer.Option(help="Dataset root (default: the one the run was trained on).")] = None,
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
-    mode: Annotated[str, typer.Option(help="classifier | prototype | both.")] = "classifier",
-    prototype_source: Annotated[str, typer.Option(
-        help="Prototype embeddings: herbarium | field | both | weighted | shifted.")] = "both",
-    field_weight: Annotated[float, typer.Option(help="Field share of 'weighted'/'shifted' prototypes.")] = 0.5,
+    mode: Annotated[str | None, typer.Option(
+        help="classifier | prototype | both (default: the run's inference.mode).")] = None,
+    prototype_source: Annotated[str | None, typer.Option(
+        help="Prototype embeddings: herbarium | field | both | weighted | shifted (default: the run's).")] = None,
+    field_weight: Annotated[float | None, typer.Option(help="Field share of 'weighted'/'shifted' prototypes.")] = None,
     tta: Annotated[str | None, typer.Option(help="Test-time augmentation: flip | multicrop.")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0 = none).")] = 1000,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip missing images.")] = False,

@@ -108,6 +108,19 @@ class TrainConfig(_Strict):
     domain_adversarial: float = 0.0  # gradient-reversal weight (0 = off)
 
 
+class InferenceConfig(_Strict):
+    """How the trained run ranks species by default (evaluation and identification).
+
+    ``prototype`` ranks by cosine similarity to class prototypes built from the training embeddings;
+    ``shifted`` prototypes move herbarium-only species by the mean herbarium→field offset of the species
+    that have both (see :mod:`herbarium2field.evaluation.prototypes`).
+    """
+
+    mode: Literal["classifier", "prototype"] = "classifier"
+    prototype_source: Literal["herbarium", "field", "both", "weighted", "shifted"] = "shifted"
+    field_weight: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class TrainerConfig(_Strict):
     """Passed to ``lightning.Trainer``: scale-out is config, not code."""
 
@@ -130,6 +143,7 @@ class ExperimentConfig(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
     trainer: TrainerConfig = TrainerConfig()
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ import numpy as np
 
 from herbarium2field.errors import H2FError
 from herbarium2field.evaluation import metrics as M
-from herbarium2field.evaluation.outputs import SplitOutputs, split_outputs
+from herbarium2field.evaluation.outputs import SplitOutputs, inference_config, split_outputs
 from herbarium2field.evaluation.prototypes import SOURCES, build_prototypes, prototype_scores
 from herbarium2field.io import atomic_write_text, write_json
 
@@ -49,14 +49,21 @@ def mode_scores(outputs: SplitOutputs, mode: str, *, run: Path, data: str | Path
     return prototype_scores(outputs.embeddings, protos)
 
 
-def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str = "test", mode: str = "classifier",
-                 tta: str | None = None, prototype_source: str = "both", field_weight: float = 0.5,
+def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str = "test", mode: str | None = None,
+                 tta: str | None = None, prototype_source: str | None = None, field_weight: float | None = None,
                  n_boot: int = 1000, seed: int = 0, allow_missing: bool = False, progress: bool = False,
                  num_workers: int = 2) -> list[EvalResult]:
-    """Evaluate a run directory; one :class:`EvalResult` per mode (two for ``both``)."""
+    """Evaluate a run directory; one :class:`EvalResult` per mode (two for ``both``).
+
+    ``mode``, ``prototype_source`` and ``field_weight`` default to the run's ``inference:`` config.
+    """
+    run = Path(run)
+    inf = inference_config(run)
+    mode = mode or inf.mode
+    prototype_source = prototype_source or (inf.prototype_source if inf.mode == "prototype" else "both")
+    field_weight = inf.field_weight if field_weight is None else field_weight
     if mode not in MODES:
         raise H2FError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    run = Path(run)
     outputs = split_outputs(run, split, data=data, tta=tta, allow_missing=allow_missing, progress=progress,
                             num_workers=num_workers)
     results = []

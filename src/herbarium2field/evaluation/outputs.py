@@ -73,6 +73,14 @@ def split_params(run: Path, card: ModelCard) -> SplitParams | None:
 
 
 
+def inference_config(run: str | Path):  # type: ignore[no-untyped-def]
+    """The run's default ranking (``inference:`` in its config); classifier for runs without a config."""
+    from herbarium2field.config import InferenceConfig, load_config
+
+    cfg = RunPaths(Path(run)).config
+    return load_config(cfg).inference if cfg.is_file() else InferenceConfig()
+
+
 def dataset_for(card: ModelCard, data: str | Path | None, *, allow_missing: bool = False) -> Dataset:
     """The run's dataset (or another root with the same species), checked for missing images."""
     root = data or card.dataset.get("root")

@@ -71,3 +71,13 @@ def prototype_scores(query: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
     empty = ~np.any(prototypes != 0, axis=1)
     sims[:, empty] = -np.inf
     return sims.astype(np.float32)
+
+
+def run_prototypes(run, *, source: str = "shifted", field_weight: float = 0.5, data=None,  # type: ignore[no-untyped-def]
+                   progress: bool = False) -> np.ndarray:
+    """Prototypes of a run from its own training split (embeddings cached in the run directory)."""
+    from herbarium2field.evaluation.outputs import split_outputs
+
+    train = split_outputs(run, "train", data=data, progress=progress)
+    return build_prototypes(train.embeddings, train.labels, train.domains, len(train.card.class_ids),
+                            source=source, field_weight=field_weight)  # type: ignore[arg-type]

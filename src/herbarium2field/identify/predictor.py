@@ -183,6 +183,47 @@ class OnnxPredictor(_Base):
         return emb, np.asarray(outs[1], np.float32)
 
 
+class PrototypePredictor:
+    """Wraps a network predictor so species are ranked by ``s·cos(embedding, class prototype)`` — the run's
+    ``inference.mode: prototype`` (e.g. shifted prototypes, which help species without field photos) —
+    instead of the head. ``s`` is the ArcFace scale, so the scores read like the head's logits."""
+
+    score_kind = "logits"
+
+    def __init__(self, inner: Predictor, prototypes: np.ndarray, scale: float) -> None:
+        self.inner, self.prototypes, self.scale = inner, prototypes.astype(np.float32), float(scale)
+        self.card, self.pre, self.backend = inner.card, inner.pre, inner.backend
+
+    def _scores(self, emb: np.ndarray) -> np.ndarray:
+        from herbarium2field.evaluation.prototypes import prototype_scores
+
+        scores = self.scale * prototype_scores(np.nan_to_num(emb), self.prototypes)
+        scores[np.isnan(emb).any(axis=1)] = np.nan  # an unreadable image stays unscored
+        return scores
+
+    def predict(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        emb, _ = self.inner.predict(images)
+        return emb, self._scores(emb)
+
+    def predict_table(self, table: pd.DataFrame, source: ImageSource, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        emb, _ = self.inner.predict_table(table, source, **kwargs)
+        return emb, self._scores(emb)
+
+
+def _with_inference_mode(run: Path, predictor: Predictor) -> Predictor:
+    """Apply the run's ``inference:`` config (prototype ranking) to a network predictor."""
+    from herbarium2field.evaluation.outputs import inference_config
+
+    inf = inference_config(run)
+    if predictor.card.kind != "network" or inf.mode != "prototype":
+        return predictor
+    from herbarium2field.config import load_config
+    from herbarium2field.evaluation.prototypes import run_prototypes
+
+    protos = run_prototypes(run, source=inf.prototype_source, field_weight=inf.field_weight)
+    return PrototypePredictor(predictor, protos, load_config(RunPaths(run).config).model.arcface.scale)
+
+
 def _classic_scores(classic: Any, emb: np.ndarray) -> np.ndarray:
     """The classifier's probabilities for L2-normalised embeddings of new photos (domain "field")."""
     return np.asarray(classic.scores(emb, "field"), dtype=np.float32)
@@ -212,14 +253,14 @@ def load_predictor(run: str | Path, backend: str = "torch", *, threads: int | No
 
         session = load_session(run, card, threads=n)
         classic = _load_classic(run) if card.kind == "classic" else None
-        return OnnxPredictor(session, card, pre, classic)
+        return _with_inference_mode(run, OnnxPredictor(session, card, pre, classic))
     if card.kind == "network":
         from herbarium2field.training.run_dir import load_network
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             net, card, _ = load_network(run)
-        return TorchNetworkPredictor(net, card, pre)
+        return _with_inference_mode(run, TorchNetworkPredictor(net, card, pre))
     if card.kind == "classic":
         classic = _load_classic(run)
         backbone, classic_pre = classic.backbone()
