@@ -204,7 +204,11 @@ def test_interrupt_keeps_finished_work_and_never_indexes_partial_files(tmp_path)
     folder = cache / f"size-{SIZE}"
     cmd = [sys.executable, "-m", "herbarium2field", "prepare", str(root), "--size", str(SIZE)]
     proc = subprocess.Popen(
-        [*cmd, "--cache", str(cache), "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*cmd, "--cache", str(cache), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # a shell's background job (e.g. CI run with `&`) ignores SIGINT and children inherit that: undo it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not list(folder.rglob("*.png.jpg")) and proc.poll() is None and time.monotonic() < deadline:
