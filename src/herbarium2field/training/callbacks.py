@@ -93,6 +93,27 @@ class ImagesPerSecondBar(RichProgressBar):
         return metrics
 
 
+class EpochLog(Callback):
+    """One plain line per epoch, for logs and terminals without a live progress bar (CI, ``make demo | tee``)."""
+
+    def __init__(self, epochs: int, warmup_epochs: int, throughput: Throughput) -> None:
+        self.epochs, self.warmup_epochs, self.throughput = epochs, warmup_epochs, throughput
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        stage = "warm-up, backbone frozen" if trainer.current_epoch < self.warmup_epochs else "fine-tuning"
+        parts = [f"epoch {trainer.current_epoch + 1}/{self.epochs} ({stage})"]
+        if "train/loss_epoch" in m:
+            parts.append(f"train loss {float(m['train/loss_epoch']):.3f}")
+        for key, label in (("val/top1", "val top-1"), ("val/top5", "top-5")):
+            if key in m:
+                parts.append(f"{label} {100 * float(m[key]):.1f}%")
+        parts.append(f"{self.throughput.images_per_s:.1f} images/s, {self.throughput.epoch_time_s:.0f} s")
+        print(", ".join(parts), flush=True)
+
+
 class EpochCSV(Callback):
     """One row per epoch in ``metrics.csv`` (rewritten atomically, so resume continues it cleanly)."""
 

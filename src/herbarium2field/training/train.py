@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from herbarium2field.training.callbacks import (
     AtomicCheckpointIO,
     BackboneWarmup,
     EpochCSV,
+    EpochLog,
     EpochSeed,
     ImagesPerSecondBar,
     Throughput,
@@ -79,6 +82,8 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, progress: bool =
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # small datasets
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, harmless
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
 
     if trainer.is_global_zero:
@@ -92,6 +97,16 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, progress: bool =
                           "score": float(score) if score is not None else None,
                           "epochs_run": trainer.current_epoch})
     return paths
+
+
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's product tips from our logs (keep its device and stopping messages)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 def _trainer(cfg: ExperimentConfig, paths: RunPaths, *, has_val: bool, progress: bool) -> L.Trainer:
@@ -109,8 +124,11 @@ def _trainer(cfg: ExperimentConfig, paths: RunPaths, *, has_val: bool, progress:
     if has_val and cfg.train.early_stopping.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.train.early_stopping.mode,
                                        patience=cfg.train.early_stopping.patience, check_on_train_epoch_end=False))
-    if progress:
+    if progress and sys.stdout.isatty():
         callbacks.append(ImagesPerSecondBar(throughput))
+    elif progress:  # a log file or pipe: one line per epoch instead of a redrawn bar
+        callbacks.append(EpochLog(cfg.train.epochs, cfg.train.warmup_epochs, throughput))
+    progress = progress and sys.stdout.isatty()
     extra = {}
     if t.limit_train_batches is not None:
         extra["limit_train_batches"] = t.limit_train_batches
