@@ -46,7 +46,7 @@ from benchmarks.common import RESULTS, machine_info, write_result  # noqa: E402
 from herbarium2field.data.cache import ImageSource  # noqa: E402
 from herbarium2field.data.manifest import labels_of as table_labels  # noqa: E402
 from herbarium2field.data.transforms import eval_transform  # noqa: E402
-from herbarium2field.evaluation.metrics import evaluate, group_masks, ranks  # noqa: E402
+from herbarium2field.evaluation.metrics import evaluate, group_masks, paired_diff, ranks  # noqa: E402
 from herbarium2field.features.align import ALIGNMENTS  # noqa: E402
 from herbarium2field.features.classic import fit_classic  # noqa: E402
 from herbarium2field.features.classifiers import CLASSIFIERS  # noqa: E402
@@ -198,15 +198,6 @@ def imagenet_confidence(data: Path, feats: Features, spec: ExtractorSpec) -> dic
         "top1_class": p.argmax(1).tolist(),
         "max_prob": p.max(1).round(5).tolist(),
     }
-
-
-def paired_diff(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
-    """Mean of b - a (per-item values, e.g. 0/1 hits) with a paired percentile-bootstrap 95% CI."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
-    d = (b[idx] - a[idx]).mean(1)
-    lo, hi = np.quantile(d, [0.025, 0.975])
-    return {"diff": round(float((b - a).mean()), 4), "ci": [round(float(lo), 4), round(float(hi), 4)]}
 
 
 # ---- reporting ---------------------------------------------------------------------------------------

@@ -34,20 +34,30 @@ def test_drop_field_photos_moves_species_without_copying(synth_small, tmp_path):
 def test_ablation_runs_each_cell_once_and_writes_a_table(synth_small, tmp_path):
     plan = {
         "benchmarks": {"tiny": {"kind": "dataset", "config": "base.yaml", "params": {"root": str(synth_small)},
-                                "overrides": TINY}},
+                                "overrides": TINY},
+                       "costly": {"kind": "dataset", "config": "base.yaml", "params": {"root": str(synth_small)},
+                                  "overrides": TINY, "variants": ["arcface"]}},
         "variants": {"shifted": {"reuse": "arcface", "mode": "prototype-shifted", "description": "moved protos"},
                      "arcface": {"description": "plain", "overrides": ["model.embedding_dim=16"]}},
+        "verdict": {"candidate": "shifted", "baselines": ["arcface"]},
     }
     (tmp_path / "base.yaml").write_text("name: base\n")
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     p = load_plan(tmp_path / "plan.yaml")
     rows = run_plan(p, tmp_path / "work", n_boot=50, log=lambda _: None)
-    assert [r["mode"] for r in rows] == ["prototype-shifted", "classifier"]
+    assert [(r["benchmark"], r["mode"]) for r in rows] == [
+        ("tiny", "prototype-shifted"), ("tiny", "classifier"), ("costly", "classifier")]  # its one variant
     runs = list((tmp_path / "work" / "runs" / "tiny").glob("*/model_card.json"))
     assert len(runs) == 1  # the evaluation-only variant reused the trained run ...
     assert json.loads(runs[0].read_text())["embedding_dim"] == 16  # ... trained with the reused variant's recipe
-    md = write_results(rows, p, tmp_path / "out.md").read_text()
+    md = write_results(rows, p, tmp_path / "out.md", work=tmp_path / "work", n_boot=50).read_text()
     assert "| shifted | prototype-shifted |" in md and "moved protos" in md
+    verdict = json.loads((tmp_path / "out_verdict.json").read_text())
+    assert [(v["benchmark"], v["group"]) for v in verdict][0] == ("tiny", "overall")  # "costly" has no candidate
+    for v in verdict:  # the paired difference is exactly the difference of the two cells' top-1
+        cells = {r["variant"]: r["metrics"]["groups"][v["group"]]["top1"] for r in rows if r["benchmark"] == "tiny"}
+        assert v["arcface"]["diff"] == pytest.approx(cells["shifted"] - cells["arcface"], abs=1e-4)
+    assert "### Does shifted beat arcface?" in md
     stamp = (tmp_path / "work" / "runs" / "tiny" / "arcface.ablation.json").stat().st_mtime_ns
     again = run_plan(p, tmp_path / "work", n_boot=50, log=lambda _: None)
     assert again == json.loads(json.dumps(rows))
@@ -58,3 +68,7 @@ def test_bad_plan(tmp_path: Path):
     (tmp_path / "p.yaml").write_text("benchmarks: {}\n")
     with pytest.raises(H2FError, match="variants"):
         load_plan(tmp_path / "p.yaml")
+    (tmp_path / "q.yaml").write_text("benchmarks: {b: {kind: synth, config: c.yaml, variants: [nope]}}\n"
+                                     "variants: {arcface: {}}\n")
+    with pytest.raises(H2FError, match="unknown variants: nope"):
+        load_plan(tmp_path / "q.yaml")

@@ -16,6 +16,7 @@ from herbarium2field.evaluation.metrics import (
     group_masks,
     macro_accuracy,
     mean_reciprocal_rank,
+    paired_diff,
     per_class,
     predictions_table,
     ranks,
@@ -216,3 +217,17 @@ def test_predictions_table_ties_and_unknown() -> None:
         predictions_table(s, y, ["a.jpg"], IDS, NAMES)
     with pytest.raises(ScoreError, match="class ids"):
         predictions_table(s, y, ["a.jpg", "b.jpg"], IDS[:2], NAMES)
+
+
+def test_paired_diff_removes_shared_image_variance() -> None:
+    rng = np.random.default_rng(0)
+    a = (rng.random(200) < 0.5).astype(float)
+    same = paired_diff(a, a, n_boot=200)
+    assert same["diff"] == 0.0 and same["ci"] == [0.0, 0.0]  # unpaired CIs would overlap widely instead
+    b = a.copy()
+    b[np.flatnonzero(a == 0)[:20]] = 1.0  # b fixes 20 of a's misses and breaks nothing
+    d = paired_diff(a, b, n_boot=500)
+    assert d["diff"] == pytest.approx(0.1) and 0.0 < d["ci"][0] <= 0.1 <= d["ci"][1]
+    assert paired_diff([], [])["diff"] is None
+    with pytest.raises(H2FError, match="equal-length"):
+        paired_diff(a, a[:-1])

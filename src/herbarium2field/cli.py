@@ -588,7 +588,7 @@ def ablate(
 
     p = load_plan(plan)
     rows = run_plan(p, work, only=only, n_boot=n_boot, log=console.print)
-    console.print(f"wrote [bold]{write_results(rows, p, out)}[/bold]")
+    console.print(f"wrote [bold]{write_results(rows, p, out, work=work, n_boot=n_boot)}[/bold]")
 
 
 if __name__ == "__main__":
