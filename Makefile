@@ -7,7 +7,7 @@ DEMO   := demo
 # torch/torchvision: the CPU machines this project is built on carry these wheels locally; see docs/CONTRIBUTING.md.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow bench lint browser clean
+.PHONY: install demo test test-slow bench ablation lint browser clean
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ test-slow: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# Every ingredient on/off on every benchmark (hours on a 2-core CPU; resumes where it stopped).
+ablation: $(STAMP)
+	$(BIN)/h2f ablate benchmarks/ablation.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

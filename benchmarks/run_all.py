@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "gallery": ("bench_gallery", ["--uniform"], ["--sizes", "1000,100000"]),
     "serve_load": ("bench_serve_load", [], ["--seconds", "5"]),
     "baseline_aml_sample": ("baseline_aml_sample", [], []),
+    "recommended_cpu": ("bench_recommended_cpu", [], ["--n-boot", "200"]),
 }
 
 

@@ -56,3 +56,53 @@ def test_bad_configs_are_located(tmp_path: Path, text, sets, match):
 def test_missing_config_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def _flat(cfg, prefix: str = "") -> dict:
+    tree = cfg.model_dump() if hasattr(cfg, "model_dump") else cfg
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _changed(a, b) -> set[str]:
+    fa, fb = _flat(a), _flat(b)
+    return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
+
+
+def _measured_recipe() -> list[str]:
+    """The overrides + inference mode of the ablation's "recommended" variant (benchmarks/ablation.yaml)."""
+    from herbarium2field.experiments.ablation import load_plan
+
+    variants = {v.name: v for v in load_plan(project_root() / "benchmarks" / "ablation.yaml").variants}
+    rec = variants["recommended"]
+    trained = variants[rec.reuse] if rec.reuse else rec
+    mode, _, source = rec.mode.partition("-")
+    return [*trained.overrides, f"inference.mode={mode}"] + ([f"inference.prototype_source={source}"] if source else [])
+
+
+def test_recommended_configs_ship_exactly_the_recipe_the_ablation_measured():
+    configs = project_root() / "configs"
+    recipe = _measured_recipe()
+    measured_cpu = load_config(configs / "lite0_cpu_arcface.yaml", recipe)
+    assert _changed(measured_cpu, load_config(configs / "recommended_lite0_cpu.yaml")) <= {"name", "data.root"}
+    measured_gpu = load_config(configs / "convnextv2_nano_arcface.yaml", recipe)
+    assert _changed(measured_gpu, load_config(configs / "recommended.yaml")) == {"name"}
+
+
+def test_demo_runs_are_the_recommended_recipe_and_a_plain_softmax_baseline():
+    from herbarium2field.experiments.ablation import load_plan
+
+    configs = project_root() / "configs"
+    rec, arc, soft = (load_config(configs / f"{n}.yaml") for n in ("recommended_lite0_cpu", "demo_arcface",
+                                                                    "demo_softmax"))
+    size_only = {"name", "data.root", "data.image_size", "data.val_field_fraction", "data.val_herbarium_fraction",
+                 "model.embedding_dim", "train.epochs", "train.warmup_epochs", "train.lr_backbone"}
+    assert _changed(rec, arc) <= size_only  # the demo shrinks the run, it changes no ingredient
+    # Every setting any ablation variant switches is off in the softmax baseline (as in the plain base).
+    switched = {o.split("=")[0] for v in load_plan(project_root() / "benchmarks" / "ablation.yaml").variants
+                for o in v.overrides if not o.startswith("seed=")} | {"inference.mode"}
+    plain = _flat(load_config(configs / "lite0_cpu_arcface.yaml", ["model.head=softmax"]))
+    assert {k: _flat(soft)[k] for k in switched} == {k: plain[k] for k in switched}
+    assert _changed(arc, soft) <= switched | {"name"}
