@@ -15,7 +15,7 @@ from herbarium2field.errors import H2FError
 from herbarium2field.evaluation.compare import compare
 from herbarium2field.evaluation.evaluate import evaluate_run
 from herbarium2field.evaluation.outputs import split_outputs
-from herbarium2field.evaluation.prototypes import build_prototypes, prototype_scores
+from herbarium2field.evaluation.prototypes import build_prototypes, calibrate_shift, prototype_scores
 from herbarium2field.evaluation.report import build_report
 from herbarium2field.evaluation.tsne_runs import tsne_runs
 
@@ -70,6 +70,49 @@ def test_prototypes_by_hand():
     assert np.allclose(shifted[1], want / np.linalg.norm(want))
     scores = prototype_scores(np.array([[0.0, 1.0]]), herb)
     assert scores[0].argmax() == 1 and scores[0, 3] == -np.inf
+
+
+def _two_domain_embeddings(offset: float, rng: np.random.Generator):
+    """8 species on their own axes; field photos are the sheets moved along a shared axis by ``offset``.
+    Species 0-5 have photos, 6-7 only sheets. Validation: two photos of each paired species."""
+    dim, n = 10, 8
+    axes = np.eye(dim)[:n]
+    photo = axes + offset * np.eye(dim)[n]
+    emb, labels, domains = [], [], []
+    for c in range(n):
+        for _ in range(3):
+            emb.append(axes[c] + 0.05 * rng.standard_normal(dim)); labels.append(c); domains.append(0)
+        if c < 6:
+            for _ in range(3):
+                emb.append(photo[c] + 0.05 * rng.standard_normal(dim)); labels.append(c); domains.append(1)
+    val_labels = np.repeat(np.arange(6), 2)
+    val = photo[val_labels] + 0.05 * rng.standard_normal((12, dim))
+    return np.array(emb), np.array(labels), np.array(domains), val, val_labels, n
+
+
+def test_calibration_chooses_the_shift_that_finds_held_out_species():
+    rng = np.random.default_rng(0)
+    emb, labels, domains, val, val_labels, n = _two_domain_embeddings(2.0, rng)
+    choice = calibrate_shift(emb, labels, domains, val, val_labels, n)
+    assert choice["calibrated"] and choice["held_out_species"] == 6
+    grid = {(g["field_weight"], g["shift"]): g for g in choice["grid"]}
+    best = grid[(choice["field_weight"], choice["shift"])]
+    assert best["score"] == max(g["score"] for g in choice["grid"])
+    assert choice["shift"] > 0 and best["held_out_top1"] > grid[(0.5, 0.0)]["held_out_top1"]
+    # No domain gap: every setting ties, and the plain "shifted" defaults are kept.
+    emb, labels, domains, val, val_labels, n = _two_domain_embeddings(0.0, rng)
+    same = calibrate_shift(emb, labels, domains, val, val_labels, n)
+    assert (same["field_weight"], same["shift"]) == (0.5, 1.0)
+    # Too few paired species with validation photos to hold one out: defaults, flagged.
+    few = calibrate_shift(emb, labels, domains, val[:2], val_labels[:2], n)
+    assert few["calibrated"] is False and few["held_out_species"] == 1
+
+
+def test_calibrated_prototypes_on_a_run(run):
+    (res,) = evaluate_run(run, mode="prototype", prototype_source="calibrated", n_boot=0)
+    assert res.out_dir.name == "test-prototype-calibrated"
+    choice = json.loads((run / "prototype_calibration.json").read_text())
+    assert {"field_weight", "shift", "calibrated"} <= choice.keys()
 
 
 def test_shifted_prototypes_are_used(run):

@@ -238,7 +238,7 @@ def evaluate(
     mode: Annotated[str | None, typer.Option(
         help="classifier | prototype | both (default: the run's inference.mode).")] = None,
     prototype_source: Annotated[str | None, typer.Option(
-        help="Prototype embeddings: herbarium | field | both | weighted | shifted (default: the run's).")] = None,
+        help="Prototype embeddings: herbarium | field | both | weighted | shifted | calibrated (default: the run's).")] = None,
     field_weight: Annotated[float | None, typer.Option(help="Field share of 'weighted'/'shifted' prototypes.")] = None,
     tta: Annotated[str | None, typer.Option(help="Test-time augmentation: flip | multicrop.")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0 = none).")] = 1000,

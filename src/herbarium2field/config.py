@@ -117,7 +117,7 @@ class InferenceConfig(_Strict):
     """
 
     mode: Literal["classifier", "prototype"] = "classifier"
-    prototype_source: Literal["herbarium", "field", "both", "weighted", "shifted"] = "shifted"
+    prototype_source: Literal["herbarium", "field", "both", "weighted", "shifted", "calibrated"] = "shifted"
     field_weight: float = Field(0.5, ge=0.0, le=1.0)
 
 

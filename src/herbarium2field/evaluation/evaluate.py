@@ -16,7 +16,7 @@ import numpy as np
 from herbarium2field.errors import H2FError
 from herbarium2field.evaluation import metrics as M
 from herbarium2field.evaluation.outputs import SplitOutputs, inference_config, split_outputs
-from herbarium2field.evaluation.prototypes import SOURCES, build_prototypes, prototype_scores
+from herbarium2field.evaluation.prototypes import SOURCES, prototype_scores, run_prototypes
 from herbarium2field.io import atomic_write_text, write_json
 
 MODES = ("classifier", "prototype", "both")
@@ -42,10 +42,8 @@ def mode_scores(outputs: SplitOutputs, mode: str, *, run: Path, data: str | Path
         return outputs.scores
     if source not in SOURCES:
         raise H2FError(f"unknown prototype source {source!r}; choose from {', '.join(SOURCES)}")
-    train = split_outputs(run, "train", data=data, allow_missing=allow_missing, progress=progress,
-                          num_workers=num_workers)
-    protos = build_prototypes(train.embeddings, train.labels, train.domains, len(outputs.card.class_ids),
-                              source=source, field_weight=field_weight)  # type: ignore[arg-type]
+    protos = run_prototypes(run, source=source, field_weight=field_weight, data=data, progress=progress,
+                            allow_missing=allow_missing, num_workers=num_workers)
     return prototype_scores(outputs.embeddings, protos)
 
 
