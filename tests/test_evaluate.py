@@ -78,16 +78,12 @@ def _two_domain_embeddings(offset: float, rng: np.random.Generator):
     dim, n = 10, 8
     axes = np.eye(dim)[:n]
     photo = axes + offset * np.eye(dim)[n]
-    emb, labels, domains = [], [], []
-    for c in range(n):
-        for _ in range(3):
-            emb.append(axes[c] + 0.05 * rng.standard_normal(dim)); labels.append(c); domains.append(0)
-        if c < 6:
-            for _ in range(3):
-                emb.append(photo[c] + 0.05 * rng.standard_normal(dim)); labels.append(c); domains.append(1)
+    rows = [(axes[c], c, 0) for c in range(n) for _ in range(3)] + [(photo[c], c, 1) for c in range(6) for _ in range(3)]
+    emb = np.array([r[0] for r in rows]) + 0.05 * rng.standard_normal((len(rows), dim))
+    labels, domains = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
     val_labels = np.repeat(np.arange(6), 2)
     val = photo[val_labels] + 0.05 * rng.standard_normal((12, dim))
-    return np.array(emb), np.array(labels), np.array(domains), val, val_labels, n
+    return emb, labels, domains, val, val_labels, n
 
 
 def test_calibration_chooses_the_shift_that_finds_held_out_species():
