@@ -133,14 +133,24 @@ def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: in
         resume = run if (run / "checkpoints" / "last.ckpt").is_file() else None
         train(cfg, resume=resume, progress=False, runs_root=runs)
         minutes = (time.perf_counter() - start) / 60
-        write_json(run / "train_time.json", {"minutes": minutes, "resumed": resume is not None})
-    minutes = json.loads((run / "train_time.json").read_text())["minutes"] if (run / "train_time.json").is_file() else None
+        # The load average says whether other jobs shared the CPU (and so inflated the cost columns).
+        write_json(run / "train_time.json", {"minutes": minutes, "resumed": resume is not None,
+                                             "load_average_1min": _load_average()})
+    timing = json.loads((run / "train_time.json").read_text()) if (run / "train_time.json").is_file() else {}
+    minutes = timing.get("minutes")
     mode, _, source = v.mode.partition("-")
     (res,) = evaluate_run(run, mode=mode, prototype_source=source or "both", n_boot=n_boot)
     row = {"benchmark": b.name, "variant": v.name, "mode": res.mode, "train_minutes": minutes,
-           "images_per_s": _throughput(run), "metrics": res.metrics, "description": v.description}
+           "images_per_s": _throughput(run), "load_average_1min": timing.get("load_average_1min"),
+           "metrics": res.metrics, "description": v.description}
     write_json(result_file, row)
     return row
+
+
+def _load_average() -> float | None:
+    import os
+
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def _throughput(run: Path) -> float | None:
@@ -199,18 +209,22 @@ def ablation_markdown(rows: list[dict[str, Any]], plan: Plan, *, work: Path | No
             out += [bench_descr[bench], ""]
         g0 = next(r for r in rows if r["benchmark"] == bench)["metrics"]["groups"]
         out += [f"Test photos: {g0['overall']['n']} ({g0['with_pairs']['n']} of species with pairs, "
-                f"{g0['without_pairs']['n']} without). Cells: % with 95 % bootstrap interval.", "",
+                f"{g0['without_pairs']['n']} without). Cells: % with 95 % bootstrap interval. Cost: training "
+                "minutes and images/s of the fine-tuning epochs; *load*: the 1-minute load average when training "
+                "ended (above the core count, other jobs shared the CPU and the cost is inflated; – not recorded).",
+                "",
                 "| variant | mode | top-1 overall | top-1 with pairs | top-1 without pairs | top-5 overall | "
-                "top-5 without pairs | train min | img/s |",
-                "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: |"]
+                "top-5 without pairs | train min | img/s | load |",
+                "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
         for r in (r for r in rows if r["benchmark"] == bench):
             g = r["metrics"]["groups"]
             mins = f"{r['train_minutes']:.1f}" if r.get("train_minutes") is not None else "–"
             ips = f"{r['images_per_s']:.1f}" if r.get("images_per_s") is not None else "–"
+            load = f"{r['load_average_1min']:.1f}" if r.get("load_average_1min") is not None else "–"
             out.append(f"| {r['variant']} | {r['mode']} | {_pct(g['overall'], 'top1', True)} | "
                        f"{_pct(g['with_pairs'], 'top1', True)} | {_pct(g['without_pairs'], 'top1', True)} | "
                        f"{_pct(g['overall'], 'top5', True)} | {_pct(g['without_pairs'], 'top5', True)} | "
-                       f"{mins} | {ips} |")
+                       f"{mins} | {ips} | {load} |")
         out.append("")
     out += ["Variants:", ""] + [f"- **{k}**: {v}" for k, v in descr.items() if v] + [""]
     if plan.verdict and work is not None:
