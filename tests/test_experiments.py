@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from herbarium2field.data.derive import drop_field_photos
@@ -36,7 +37,9 @@ def test_ablation_runs_each_cell_once_and_writes_a_table(synth_small, tmp_path):
         "benchmarks": {"tiny": {"kind": "dataset", "config": "base.yaml", "params": {"root": str(synth_small)},
                                 "overrides": TINY},
                        "costly": {"kind": "dataset", "config": "base.yaml", "params": {"root": str(synth_small)},
-                                  "overrides": TINY, "variants": ["arcface"]}},
+                                  "overrides": TINY, "variants": ["arcface"]},
+                       "on_gpu": {"kind": "dataset", "config": "base.yaml", "params": {"root": str(synth_small)},
+                                  "overrides": TINY, "requires": "gpu", "description": "the GPU benchmark"}},
         "variants": {"shifted": {"reuse": "arcface", "mode": "prototype-shifted", "description": "moved protos"},
                      "arcface": {"description": "plain", "overrides": ["model.embedding_dim=16"]}},
         "verdict": {"candidate": "shifted", "baselines": ["arcface"]},
@@ -45,13 +48,16 @@ def test_ablation_runs_each_cell_once_and_writes_a_table(synth_small, tmp_path):
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     p = load_plan(tmp_path / "plan.yaml")
     rows = run_plan(p, tmp_path / "work", n_boot=50, log=lambda _: None)
-    assert [(r["benchmark"], r["mode"]) for r in rows] == [
-        ("tiny", "prototype-shifted"), ("tiny", "classifier"), ("costly", "classifier")]  # its one variant
+    if not torch.cuda.is_available():  # the GPU benchmark is skipped here, and said to be
+        assert [(r["benchmark"], r["mode"]) for r in rows] == [
+            ("tiny", "prototype-shifted"), ("tiny", "classifier"), ("costly", "classifier")]  # its one variant
     runs = list((tmp_path / "work" / "runs" / "tiny").glob("*/model_card.json"))
     assert len(runs) == 1  # the evaluation-only variant reused the trained run ...
     assert json.loads(runs[0].read_text())["embedding_dim"] == 16  # ... trained with the reused variant's recipe
     md = write_results(rows, p, tmp_path / "out.md", work=tmp_path / "work", n_boot=50).read_text()
     assert "| shifted | prototype-shifted |" in md and "moved protos" in md
+    if not torch.cuda.is_available():
+        assert "### on_gpu\n\nthe GPU benchmark\n\n*Not run: needs a GPU.*" in md
     verdict = json.loads((tmp_path / "out_verdict.json").read_text())
     assert [(v["benchmark"], v["group"]) for v in verdict][0] == ("tiny", "overall")  # "costly" has no candidate
     for v in verdict:  # the paired difference is exactly the difference of the two cells' top-1
@@ -72,3 +78,23 @@ def test_bad_plan(tmp_path: Path):
                                      "variants: {arcface: {}}\n")
     with pytest.raises(H2FError, match="unknown variants: nope"):
         load_plan(tmp_path / "q.yaml")
+
+
+def test_shipped_plan_resolves_every_cell():
+    """Every (benchmark, variant) of benchmarks/ablation.yaml is a valid config: typos fail here, not after hours."""
+    from herbarium2field.config import load_config
+    from herbarium2field.experiments.ablation import _resolve
+    from herbarium2field.paths import project_root
+
+    plan = load_plan(project_root() / "benchmarks" / "ablation.yaml")
+    by_name = {v.name: v for v in plan.variants}
+    cells = 0
+    for b in plan.benchmarks:
+        for v in plan.variants:
+            if b.variants is not None and v.name not in b.variants:
+                continue
+            recipe = by_name[v.reuse] if v.reuse else v
+            cfg = load_config(_resolve(plan.path.parent, b.config), [*b.overrides, *recipe.overrides])
+            assert cfg.model.head in ("arcface", "softmax")
+            cells += 1
+    assert cells >= 60 and {b.requires for b in plan.benchmarks} == {None, "gpu"}

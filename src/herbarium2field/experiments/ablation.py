@@ -32,6 +32,7 @@ class Benchmark:
     overrides: list[str] = field(default_factory=list)
     description: str = ""
     variants: list[str] | None = None  # run only these variants here (a costly benchmark); None: all
+    requires: str | None = None  # "gpu": skipped (and listed as not run) where no CUDA device is present
 
 
 @dataclass
@@ -80,6 +81,8 @@ def load_plan(path: str | Path) -> Plan:
         unknown = sorted(set(b.variants or []) - names)
         if unknown:
             raise ConfigError(f"benchmark {b.name} lists unknown variants: {', '.join(unknown)}", path=path)
+        if b.requires not in (None, "gpu"):
+            raise ConfigError(f"benchmark {b.name}: requires must be 'gpu' or absent", path=path)
         if b.kind not in ("synth", "dataset", "drop_pairs"):
             raise ConfigError(f"benchmark {b.name}: kind must be synth, dataset or drop_pairs", path=path)
     return Plan(path, benches, variants, verdict)
@@ -174,6 +177,10 @@ def run_plan(plan: Plan, work: Path, *, only: list[str] | None = None, n_boot: i
         if v.reuse and v.reuse not in by_name:
             raise ConfigError(f"variant {v.name} reuses unknown variant {v.reuse}", path=plan.path)
     for b in plan.benchmarks:
+        if b.requires == "gpu" and not _has_gpu():
+            if not only or b.name in only:
+                log(f"[{b.name}] skipped: needs a GPU")
+            continue
         for v in plan.variants:
             if b.variants is not None and v.name not in b.variants:
                 continue
@@ -187,6 +194,12 @@ def run_plan(plan: Plan, work: Path, *, only: list[str] | None = None, n_boot: i
                 f"without pairs {_pct(g['without_pairs'], 'top1')}")
             rows.append(row)
     return rows
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _pct(g: dict[str, Any], key: str, ci: bool = False) -> str:
@@ -226,6 +239,11 @@ def ablation_markdown(rows: list[dict[str, Any]], plan: Plan, *, work: Path | No
                        f"{_pct(g['overall'], 'top5', True)} | {_pct(g['without_pairs'], 'top5', True)} | "
                        f"{mins} | {ips} | {load} |")
         out.append("")
+    ran = {r["benchmark"] for r in rows}
+    for b in plan.benchmarks:
+        if b.requires == "gpu" and b.name not in ran:
+            out += [f"### {b.name}", "", b.description, "",
+                    f"*Not run: needs a GPU.* On a machine with one: `h2f ablate {plan.path.name} --only {b.name}`.", ""]
     out += ["Variants:", ""] + [f"- **{k}**: {v}" for k, v in descr.items() if v] + [""]
     if plan.verdict and work is not None:
         out += verdict_markdown(rows, plan, work, n_boot=n_boot)
