@@ -243,7 +243,7 @@ def ablation_markdown(rows: list[dict[str, Any]], plan: Plan, *, work: Path | No
     for b in plan.benchmarks:
         if b.requires == "gpu" and b.name not in ran:
             out += [f"### {b.name}", "", b.description, "",
-                    f"*Not run: needs a GPU.* On a machine with one: `h2f ablate {plan.path.name} --only {b.name}`.", ""]
+                    f"*Not run: needs a GPU.* On a machine with one: `h2f ablate {plan.path.as_posix()} --only {b.name}`.", ""]
     out += ["Variants:", ""] + [f"- **{k}**: {v}" for k, v in descr.items() if v] + [""]
     if plan.verdict and work is not None:
         out += verdict_markdown(rows, plan, work, n_boot=n_boot)
