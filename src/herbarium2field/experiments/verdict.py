@@ -1,0 +1,90 @@
+"""The ablation's verdict: does the candidate recipe beat each baseline, beyond noise?
+
+Each comparison is made on the same test photos (paired bootstrap of the per-photo top-1 hits, read from the
+cells' saved ``predictions.csv``), per species group, and shown beside the top-1 range of the same recipe at
+other training seeds, so that a difference can be told from training noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from herbarium2field.experiments.ablation import Plan
+
+GROUPS = ("overall", "with_pairs", "without_pairs")
+
+
+def _hits(work: Path, plan: Plan, row: dict[str, Any]) -> pd.DataFrame:
+    """Per test image of one cell: top-1 hit and species group (from the cell's saved evaluation)."""
+    reuse = {v.name: v.reuse for v in plan.variants}
+    run = work / "runs" / row["benchmark"] / (reuse.get(row["variant"]) or row["variant"])
+    ev = run / "eval" / f"test-{row['mode']}"
+    pred = pd.read_csv(ev / "predictions.csv", dtype={"true_class_id": str})
+    group = pd.read_csv(ev / "per_class.csv", dtype={"class_id": str}).set_index("class_id")["group"]
+    return pd.DataFrame({"image": pred["image"], "hit": pred["correct@1"].astype(float),
+                         "group": pred["true_class_id"].map(group).str.replace(" ", "_")}).set_index("image")
+
+
+def verdicts(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_boot: int = 1000) -> list[dict[str, Any]]:
+    """Candidate minus each baseline, per benchmark and group: top-1 difference with a paired 95 % CI,
+    and the spread of the repeated (other-seed) runs so a difference can be read against training noise."""
+    from herbarium2field.evaluation.metrics import paired_diff
+
+    assert plan.verdict is not None
+    v = plan.verdict
+    out = []
+    for bench in dict.fromkeys(r["benchmark"] for r in rows):
+        cells = {r["variant"]: r for r in rows if r["benchmark"] == bench}
+        if v.candidate not in cells:
+            continue
+        cand = _hits(work, plan, cells[v.candidate])
+        reps = [cells[n]["metrics"]["groups"] for n in v.repeats if n in cells]
+        for g in GROUPS:
+            mask = cand["group"].eq(g) if g != "overall" else pd.Series(True, index=cand.index)
+            if not mask.any():
+                continue
+            row: dict[str, Any] = {"benchmark": bench, "group": g, "n": int(mask.sum()),
+                                   "candidate": cells[v.candidate]["metrics"]["groups"][g]["top1"]}
+            for base in v.baselines:
+                if base in cells:
+                    b = _hits(work, plan, cells[base]).reindex(cand.index)
+                    row[base] = paired_diff(b["hit"][mask].to_numpy(), cand["hit"][mask].to_numpy(), n_boot)
+            vals = [r[g]["top1"] for r in reps if r.get(g, {}).get("top1") is not None]
+            row["repeat_spread"] = [min(vals), max(vals)] if len(vals) > 1 else None
+            out.append(row)
+    return out
+
+
+def _verdict_word(d: dict[str, Any]) -> str:
+    lo, hi = d["ci"]
+    return "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+
+
+def verdict_markdown(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_boot: int = 1000) -> list[str]:
+    assert plan.verdict is not None
+    v = plan.verdict
+    table = verdicts(rows, plan, work, n_boot=n_boot)
+    if not table:
+        return []
+    head = "| benchmark | group | n | " + " | ".join(f"{v.candidate} − {b} (top-1, pp)" for b in v.baselines)
+    out = [f"### Does {v.candidate} beat {' and '.join(v.baselines)}?", "",
+           "Top-1 difference in percentage points on the same test photos, with a paired-bootstrap 95 % interval; "
+           "*better* means the interval excludes zero."
+           + (f" Training noise: top-1 range of {', '.join(v.repeats)} (one recipe, other seeds)." if v.repeats
+              else ""), "",
+           head + (" | noise range |" if v.repeats else " |"),
+           "| --- | --- | ---: | " + " | ".join("---" for _ in v.baselines) + (" | --- |" if v.repeats else " |")]
+    for r in table:
+        cells = []
+        for b in v.baselines:
+            d = r.get(b)
+            cells.append(f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.0f}, {100 * d['ci'][1]:+.0f}] "
+                         f"{_verdict_word(d)}" if d else "–")
+        noise = (f" | {100 * r['repeat_spread'][0]:.1f}–{100 * r['repeat_spread'][1]:.1f} |"
+                 if r["repeat_spread"] else (" | – |" if v.repeats else " |"))
+        out.append(f"| {r['benchmark']} | {r['group'].replace('_', ' ')} | {r['n']} | " + " | ".join(cells) + noise)
+    return [*out, ""]
