@@ -111,6 +111,19 @@ def test_calibrated_prototypes_on_a_run(run):
     assert {"field_weight", "shift", "calibrated"} <= choice.keys()
 
 
+def test_calibrated_prototypes_without_validation_photos_fall_back_to_shifted(run):
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["val_field_fraction"] = 0.0
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (cal,) = evaluate_run(run, mode="prototype", prototype_source="calibrated", n_boot=0)
+    choice = json.loads((run / "prototype_calibration.json").read_text())
+    assert choice["calibrated"] is False and "no validation" in choice["note"]
+    (shifted,) = evaluate_run(run, mode="prototype", prototype_source="shifted", n_boot=0)
+    assert cal.metrics["groups"] == shifted.metrics["groups"]
+
+
 def test_shifted_prototypes_are_used(run):
     (res,) = evaluate_run(run, mode="prototype", prototype_source="shifted", n_boot=0)
     assert res.out_dir.name == "test-prototype-shifted" and res.metrics["groups"]["without_pairs"]["n"] > 0

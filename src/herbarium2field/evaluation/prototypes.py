@@ -145,7 +145,7 @@ def run_prototypes(run, *, source: str = "shifted", field_weight: float = 0.5, d
     """
     from pathlib import Path
 
-    from herbarium2field.evaluation.outputs import split_outputs
+    from herbarium2field.evaluation.outputs import split_outputs, split_params
     from herbarium2field.io import write_json
 
     kw = {"data": data, "progress": progress, "allow_missing": allow_missing, "num_workers": num_workers}
@@ -154,8 +154,14 @@ def run_prototypes(run, *, source: str = "shifted", field_weight: float = 0.5, d
     if source != "calibrated":
         return build_prototypes(train.embeddings, train.labels, train.domains, n, source=source,  # type: ignore[arg-type]
                                 field_weight=field_weight)
-    val = split_outputs(run, "val", **kw)
-    choice = calibrate_shift(train.embeddings, train.labels, train.domains, val.embeddings, val.labels, n)
+    params = split_params(Path(run), train.card)
+    if params is None or params.field_fraction <= 0:  # no validation photos to calibrate on: plain "shifted"
+        empty = np.zeros((0, train.embeddings.shape[1]), dtype=train.embeddings.dtype)
+        choice = calibrate_shift(train.embeddings, train.labels, train.domains, empty, np.zeros(0, int), n)
+        choice["note"] = "the run holds no validation field photos: the plain 'shifted' setting is used"
+    else:
+        val = split_outputs(run, "val", **kw)
+        choice = calibrate_shift(train.embeddings, train.labels, train.domains, val.embeddings, val.labels, n)
     write_json(Path(run) / "prototype_calibration.json", choice)
     return build_prototypes(train.embeddings, train.labels, train.domains, n, source="shifted",
                             field_weight=float(choice["field_weight"]), shift=float(choice["shift"]))  # type: ignore[arg-type]
