@@ -70,10 +70,13 @@ def test_fda_transfers_low_frequencies_only(sheet_and_photo):
 def test_erase_marks_removes_colour_chart_patches():
     img = np.full((120, 90, 3), 235, np.uint8)
     img[10:20, 10:40] = (30, 60, 200)  # blue chart patch
+    img[25:35, 10:40] = (220, 40, 40)  # red chart patch
     img[40:100, 30:60] = (110, 85, 40)  # brown leaf
+    img[40:100, 65:85] = (105, 35, 30)  # red-brown dried leaf: as saturated as a red patch, but dark
     out = np.asarray(erase_marks(Image.fromarray(img)))
-    assert np.abs(out[10:20, 10:40].astype(int) - 235).max() < 15
+    assert np.abs(out[10:35, 10:40].astype(int) - 235).max() < 15
     assert (out[50:90, 35:55] == (110, 85, 40)).all()
+    assert (out[50:90, 68:82] == (105, 35, 30)).all()
 
 
 def test_steps_are_off_by_default_and_on_by_switch(sheet_and_photo):

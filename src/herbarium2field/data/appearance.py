@@ -54,7 +54,9 @@ def erase_marks(img: Image.Image) -> Image.Image:
     tissue = (plant_hue & (sat > np.percentile(sat, 40) + 0.12)).astype(np.uint8) * 255
     near_tissue = np.asarray(Image.fromarray(tissue).filter(ImageFilter.MaxFilter(9))) > 0  # dark veins, stems
     text = (sat < 0.18) & (val < np.percentile(val, 75) - 0.3) & ~near_tissue  # grey/black ink
-    chart = (sat > 0.35) & ~plant_hue  # saturated blues, reds, magentas
+    # Saturated blues, reds, magentas, bright like printed patches: dried tissue can be as red and saturated
+    # but is dark (a chart detector without the brightness test erased red-brown leaves).
+    chart = (sat > 0.35) & ~plant_hue & (val > 0.55)
     marks = text | chart
     if not marks.any():
         return img
