@@ -5,6 +5,10 @@ disk, or a dataset with some species moved to "without pairs") and variants (con
 evaluation mode). Each (benchmark, variant) cell trains a run, evaluates it on the test split and records
 top-1/top-5 per species group with bootstrap CIs and the training cost. Finished cells are skipped on a
 re-run, so an interrupted ablation continues where it stopped.
+
+A costly benchmark may list the variants it runs (``variants:``); one that ``requires: gpu`` is skipped,
+and listed as not run, where no GPU is present. An optional ``verdict:`` section names the candidate recipe
+and the baselines it must beat (:mod:`herbarium2field.experiments.verdict`).
 """
 
 from __future__ import annotations
