@@ -361,6 +361,20 @@ def _best_other(s: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.argmax(masked, axis=1)
 
 
+def confusion_counts(labels: Any, preds: Any, n_classes: int) -> np.ndarray:
+    """``[C, C]`` counts, rows = true class, columns = predicted; ``-1`` labels are left out."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(preds, dtype=np.int64)
+    if y.shape != p.shape or y.ndim != 1:
+        raise H2FError(f"labels and preds must be 1-D of the same length, got {y.shape} and {p.shape}")
+    keep = y >= 0
+    if np.any(y >= n_classes) or np.any((p[keep] < 0) | (p[keep] >= n_classes)):
+        raise H2FError(f"labels / predictions must be class indices 0..{n_classes - 1} (labels may be -1)")
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(m, (y[keep], p[keep]), 1)
+    return m
+
+
 def per_class(
     scores: Any,
     labels: Any,
@@ -389,8 +403,7 @@ def per_class(
         mean_rank = np.bincount(yk, weights=rk.astype(float), minlength=n_cls) / cnt
     wrong = known & (r > 1)
     pred = _best_other(s, y)
-    conf = np.zeros((n_cls, n_cls), dtype=np.int64)
-    np.add.at(conf, (y[wrong], pred[wrong]), 1)
+    conf = confusion_counts(y[wrong], pred[wrong], n_cls)
     most = conf.argmax(axis=1)
     most_n = conf.max(axis=1) if n_cls else np.zeros(0, dtype=np.int64)
     has = most_n > 0

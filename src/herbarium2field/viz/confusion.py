@@ -17,7 +17,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.ticker import PercentFormatter
 
 from herbarium2field.errors import H2FError
-from herbarium2field.evaluation.metrics import species_names, with_pairs_mask
+from herbarium2field.evaluation.metrics import confusion_counts, species_names, with_pairs_mask
 from herbarium2field.viz.style import plt, save_figure
 
 CELL_NUMBERS_MAX = 30  # above this many classes, per-cell numbers are unreadable and are left out
@@ -25,20 +25,6 @@ TICK_LABELS_MAX = 150  # above this many classes, tick labels are dropped
 NO_TEST_COLOR = "#d9d9d9"
 # White -> blue -> dark blue: sequential, single-hue family (safe for colour-blind readers), zero stays white.
 CMAP = LinearSegmentedColormap.from_list("h2f_blues", ["#ffffff", "#9ecae1", "#3182bd", "#08306b"])
-
-
-def confusion_counts(labels: Any, preds: Any, n_classes: int) -> np.ndarray:
-    """``[C, C]`` counts, rows = true class, columns = predicted; ``-1`` labels are left out."""
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(preds, dtype=np.int64)
-    if y.shape != p.shape or y.ndim != 1:
-        raise H2FError(f"labels and preds must be 1-D of the same length, got {y.shape} and {p.shape}")
-    keep = y >= 0
-    if np.any(y >= n_classes) or np.any((p[keep] < 0) | (p[keep] >= n_classes)):
-        raise H2FError(f"labels / predictions must be class indices 0..{n_classes - 1} (labels may be -1)")
-    m = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(m, (y[keep], p[keep]), 1)
-    return m
 
 
 def plot_confusion(
