@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info, print_table, write_result  # noqa: E402
 from herbarium2field.paths import project_root, shared_data_dir  # noqa: E402
+from herbarium2field.system import load_average  # noqa: E402
 
 TARGET_MINUTES = 20.0
 
@@ -58,7 +59,7 @@ def main() -> int:
         "test": {g: {k: v for k, v in m.items() if k in ("n", "top1", "top5", "mrr", "ci")}
                  for g, m in groups.items()},
         "machine": before,
-        "load_average_1min_after": os.getloadavg()[0],
+        "load_average_1min_after": load_average(),
     }
     path = write_result("recommended_lite0_cpu", result)
     print_table("recommended_lite0_cpu on aml-sample", [{

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import sys
 import time
 from importlib.metadata import version
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, machine_info, print_table  # noqa: E402
 from herbarium2field.io import write_json  # noqa: E402
+from herbarium2field.system import load_average  # noqa: E402
 from herbarium2field.viz.tsne import l2_normalise, tsne_2d  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def knn_preservation(high: np.ndarray, low: np.ndarray, k: int = 10) -> float:
 
 def machine() -> dict[str, Any]:
     """:func:`machine_info` plus openTSNE's version and the load before the runs (the load after is added)."""
-    return {**machine_info(), "openTSNE": version("openTSNE"), "load_avg_1min_before": os.getloadavg()[0]}
+    return {**machine_info(), "openTSNE": version("openTSNE"), "load_avg_1min_before": load_average()}
 
 
 def run_once(X: np.ndarray, backend: str, threads: int, perplexity: float) -> tuple[float, np.ndarray]:
@@ -116,7 +116,7 @@ def main() -> None:
             "sklearn_over_opentsne_min": s["wall_s_min"] / o["wall_s_min"],
             "sklearn_over_opentsne_median": s["wall_s_median"] / o["wall_s_median"],
         }
-    info["load_avg_1min_after"] = os.getloadavg()[0]
+    info["load_avg_1min_after"] = load_average()
     result = {
         "benchmark": "tsne",
         "data": {

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from herbarium2field.io import write_json
 from herbarium2field.paths import project_root
-from herbarium2field.system import usable_cores
+from herbarium2field.system import load_average, usable_cores
 from herbarium2field.training.run_dir import environment
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ def machine_info() -> dict[str, Any]:
         "python": env["python"],
         "packages": env["packages"],
         "git_commit": env["git_commit"],
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1min": load_average(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

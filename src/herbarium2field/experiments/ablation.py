@@ -24,6 +24,7 @@ import yaml
 
 from herbarium2field.errors import ConfigError
 from herbarium2field.io import atomic_write_text, write_json
+from herbarium2field.system import load_average
 
 
 @dataclass
@@ -141,7 +142,7 @@ def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: in
         minutes = (time.perf_counter() - start) / 60
         # The load average says whether other jobs shared the CPU (and so inflated the cost columns).
         write_json(run / "train_time.json", {"minutes": minutes, "resumed": resume is not None,
-                                             "load_average_1min": _load_average()})
+                                             "load_average_1min": _rounded(load_average())})
     timing = json.loads((run / "train_time.json").read_text()) if (run / "train_time.json").is_file() else {}
     minutes = timing.get("minutes")
     mode, _, source = v.mode.partition("-")
@@ -153,10 +154,8 @@ def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: in
     return row
 
 
-def _load_average() -> float | None:
-    import os
-
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
 
 
 def _throughput(run: Path) -> float | None:
