@@ -42,6 +42,7 @@ def verdicts(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_boot: int 
         if v.candidate not in cells:
             continue
         cand = _hits(work, plan, cells[v.candidate])
+        bases = {b: _hits(work, plan, cells[b]).reindex(cand.index) for b in v.baselines if b in cells}
         reps = [cells[n]["metrics"]["groups"] for n in v.repeats if n in cells]
         for g in GROUPS:
             mask = cand["group"].eq(g) if g != "overall" else pd.Series(True, index=cand.index)
@@ -49,10 +50,8 @@ def verdicts(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_boot: int 
                 continue
             row: dict[str, Any] = {"benchmark": bench, "group": g, "n": int(mask.sum()),
                                    "candidate": cells[v.candidate]["metrics"]["groups"][g]["top1"]}
-            for base in v.baselines:
-                if base in cells:
-                    b = _hits(work, plan, cells[base]).reindex(cand.index)
-                    row[base] = paired_diff(b["hit"][mask].to_numpy(), cand["hit"][mask].to_numpy(), n_boot)
+            for base, b in bases.items():
+                row[base] = paired_diff(b["hit"][mask].to_numpy(), cand["hit"][mask].to_numpy(), n_boot)
             vals = [r[g]["top1"] for r in reps if r.get(g, {}).get("top1") is not None]
             row["repeat_spread"] = [min(vals), max(vals)] if len(vals) > 1 else None
             out.append(row)
