@@ -265,8 +265,7 @@ def _existing_meta(folder: Path) -> dict[str, Any] | None:
     path = folder / META
     if not path.is_file():
         return None
-    meta = _read_meta(path)
-    return meta
+    return _read_meta(path)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
