@@ -47,12 +47,12 @@ from herbarium2field.data.cache import ImageSource  # noqa: E402
 from herbarium2field.data.manifest import labels_of as table_labels  # noqa: E402
 from herbarium2field.data.transforms import eval_transform  # noqa: E402
 from herbarium2field.evaluation.metrics import evaluate, group_masks, paired_diff, ranks  # noqa: E402
-from herbarium2field.features.align import ALIGNMENTS  # noqa: E402
 from herbarium2field.features.classic import fit_classic  # noqa: E402
-from herbarium2field.features.classifiers import CLASSIFIERS  # noqa: E402
 from herbarium2field.features.extract import ExtractorSpec, embed_dataset  # noqa: E402
 from herbarium2field.features.store import Features, load_features  # noqa: E402
 from herbarium2field.io import atomic_write_text  # noqa: E402
+from herbarium2field.models.align import ALIGNMENTS  # noqa: E402
+from herbarium2field.models.classifiers import CLASSIFIERS  # noqa: E402
 from herbarium2field.models.weights import OFFLINE_LITE0, load_into, resolve_weights_path  # noqa: E402
 from herbarium2field.paths import project_root, shared_data_dir  # noqa: E402
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from herbarium2field.errors import H2FError
-from herbarium2field.features.align import fit_alignment
 from herbarium2field.features.classic import (
     ABSENT,
     classic_split_scores,
@@ -18,9 +17,10 @@ from herbarium2field.features.classic import (
     load_classic,
     save_classic,
 )
-from herbarium2field.features.classifiers import CLASSIFIERS
 from herbarium2field.features.extract import ExtractorSpec, embed_dataset
 from herbarium2field.features.store import load_features, shard_path
+from herbarium2field.models.align import fit_alignment
+from herbarium2field.models.classifiers import CLASSIFIERS
 from herbarium2field.models.weights import OFFLINE_LITE0
 
 
@@ -116,20 +116,6 @@ def test_svm_calibration_copes_with_rare_classes(cache):
     keep[rows[2:]] = False
     keep[rows[:2]] = True  # two images: 2-fold CV
     assert "2-fold CV (asked 3" in fit_classic(feats, "svm", train_mask=keep).card.model["calibration"]
-
-
-def test_knn_ranks_every_class():
-    from herbarium2field.features.classifiers import make_classifier
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(60, 8))
-    y = np.repeat(["a", "b", "c", "d", "e", "f"], 10)
-    knn = make_classifier("knn", {"k": 3}).fit(x, y)
-    s = knn.scores(rng.normal(size=(20, 8)))
-    assert s.shape == (20, 6) and all(len(set(row)) == 6 for row in s.round(12))  # no ties, top-5 meaningful
-    one = make_classifier("knn", {"k": 1}).fit(x, y)
-    q = x[[3, 17, 45]] + 1e-3
-    assert one.classes_[one.scores(q).argmax(1)].tolist() == ["a", "b", "e"]
 
 
 def test_coral_gives_herbarium_features_the_field_covariance():

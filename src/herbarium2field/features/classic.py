@@ -24,10 +24,10 @@ import pandas as pd
 
 from herbarium2field.data.manifest import labels_of
 from herbarium2field.errors import H2FError
-from herbarium2field.features.align import Alignment, fit_alignment
-from herbarium2field.features.classifiers import Classifier, make_classifier, resolve_options
 from herbarium2field.features.store import CacheSpec, Features, load_features
 from herbarium2field.io import atomic_path, write_json
+from herbarium2field.models.align import Alignment, fit_alignment
+from herbarium2field.models.classifiers import FrozenFeatureClassifier, make_classifier, resolve_options
 from herbarium2field.training.run_dir import ModelCard, RunPaths, package_version
 
 #: Score of a species the classifier never saw (below every real score).
@@ -42,7 +42,7 @@ class ClassicModel:
     """A fitted frozen-feature classifier with its model card."""
 
     card: ModelCard
-    classifier: Classifier
+    classifier: FrozenFeatureClassifier
     alignment: Alignment
 
     @property
@@ -65,7 +65,7 @@ class ClassicModel:
         if len(x):
             index = {c: i for i, c in enumerate(self.card.class_ids)}
             cols = [index[c] for c in self.trained_class_ids]
-            out[:, cols] = self.classifier.scores(self.alignment.transform(x, domain))
+            out[:, cols] = self.classifier.predict_proba(self.alignment.transform(x, domain))
         return out
 
     def backbone(self):  # type: ignore[no-untyped-def]  # -> tuple[nn.Module, Preprocessing]
@@ -172,7 +172,7 @@ def fit_classic(
             # the held-out photos, so evaluation (--split val) and calibration can find them again
             "val_field_fraction": val_field_fraction,
             "seed": seed,
-            **clf.info,
+            **clf.info_,
         },
         dataset={
             "root": spec["dataset_root"],
