@@ -1,13 +1,12 @@
-"""Training end to end on real (small) components: run directory, determinism, frozen warm-up, resume, DDP."""
+"""Training end to end on real (small) components: run directory, determinism, frozen warm-up, resume errors,
+DDP. Exact resume after a kill: test_resume.py."""
 
 from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,31 +88,6 @@ def test_existing_run_is_not_overwritten(synth_small, runs):
 def _h2f(*args: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "herbarium2field", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-
-
-def test_resume_after_kill_matches_an_uninterrupted_run(synth_small, runs, tmp_path):
-    env = {**os.environ, "H2F_RUNS": str(runs), "H2F_CACHE": str(tmp_path / "cache")}
-    sets = [a for s in [f"data.root={synth_small}", *TINY, "train.epochs=3"] for a in ("--set", s)]
-    full = _h2f("train", "--name", "full", *sets, env=env)
-    assert full.wait(timeout=300) == 0, full.stdout.read()
-
-    killed = _h2f("train", "--name", "killed", *sets, env=env)
-    last = runs / "killed" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while time.time() < deadline and not last.is_file():
-        time.sleep(0.1)
-    killed.send_signal(signal.SIGKILL)  # mid-way through epoch 2 at the latest: no clean shutdown
-    killed.wait()
-    done = len(read_metrics(runs / "killed"))
-    assert 1 <= done < 3 and (runs / "killed" / "checkpoints" / "last.ckpt").is_file()
-    assert not list((runs / "killed" / "checkpoints").glob("*.tmp"))
-
-    resumed = _h2f("train", "--resume", str(runs / "killed"), env=env)
-    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
-    cols = ("epoch", "stage", "train_loss", "val_loss", "val_top1", "val_top5")
-    got = [[r[c] for c in cols] for r in read_metrics(runs / "killed")]
-    want = [[r[c] for c in cols] for r in read_metrics(runs / "full")]
-    assert got == want
 
 
 def test_resume_errors(runs, tmp_path):

@@ -90,14 +90,16 @@ class H2FDataModule(L.LightningDataModule):
         return table_dataset(self.train_table, self.source, self.class_index, transforms)
 
     def train_dataloader(self) -> DataLoader:
+        from herbarium2field.data.samplers import EpochLoader
+
         d = self.cfg.data
         dataset = self.train_dataset()
         sampler = BalancedSampler(dataset.labels, dataset.domains, class_balance=d.sampler.class_balance,
                                   field_share=d.sampler.field_share, num_samples=d.sampler.epoch_size,
                                   seed=self.cfg.seed)
-        return DataLoader(dataset, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
-                          drop_last=len(sampler) > d.batch_size, persistent_workers=d.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return EpochLoader(dataset, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
+                           drop_last=len(sampler) > d.batch_size, persistent_workers=d.num_workers > 0,
+                           pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader | list:
         if len(self.val_table) == 0:

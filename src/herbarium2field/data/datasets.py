@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from herbarium2field.data.cache import ImageSource
 from herbarium2field.errors import ImageError
@@ -57,11 +58,11 @@ class ImageTableDataset(Dataset):
         """``item`` is an index, or ``(index, seed)`` from the training sampler: the seed fixes this item's
         random augmentation, so it does not depend on which worker process draws it or on earlier epochs."""
         if isinstance(item, tuple):
-            i, seed = item
-            random.seed(seed)
-            torch.manual_seed(seed)
-        else:
-            i = item
+            with seeded(item[1]):
+                return self._item(item[0])
+        return self._item(item)
+
+    def _item(self, i: int) -> tuple[torch.Tensor, int, int, int]:
         if not self.substitute:
             try:
                 img = self.source.load(self.paths[i])
@@ -72,3 +73,22 @@ class ImageTableDataset(Dataset):
         img = self.load(i)
         x = self.transforms[int(self.domains[i])](img)
         return x, int(self.labels[i]), int(self.domains[i]), i
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed ``random``, NumPy and torch (what transforms draw from) for one item. In the main process
+    (``num_workers=0``) their previous states are put back afterwards, so loading data does not move the
+    training process's own random streams."""
+    main = get_worker_info() is None
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if main else None
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])

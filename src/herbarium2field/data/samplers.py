@@ -8,16 +8,18 @@ Sampling probability of an image of class *c* and domain *d*:
 
 Draws are with replacement, seeded by (seed, epoch), and each DDP rank takes its own slice of the same
 draw. Each index comes with its own augmentation seed, so a resumed run sees exactly the batches *and
-augmentations* the interrupted one would have, whatever the number of loader workers.
+augmentations* the interrupted one would have, whatever the number of loader workers — provided the
+sampler is asked for an epoch's draw after ``set_epoch``, which :class:`EpochLoader` guarantees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 def sample_weights(labels: np.ndarray, domains: np.ndarray, *, class_balance: float,
@@ -60,7 +62,8 @@ class BalancedSampler(Sampler[tuple[int, int]]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at every epoch start (also after a resume), making draws reproducible."""
+        """Lightning calls this at every epoch start (also after a resume), making draws reproducible.
+        The draw itself happens when the loader's iterator starts: see :class:`EpochLoader`."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -74,3 +77,33 @@ class BalancedSampler(Sampler[tuple[int, int]]):
         seeds = rng.integers(0, 2**31 - 1, size=total)
         mine = slice(self.rank, None, self.num_replicas)
         return iter(zip(draw[mine].tolist(), seeds[mine].tolist(), strict=True))
+
+
+class EpochLoader(DataLoader):
+    """A training DataLoader whose epoch starts at its first batch instead of at ``iter()``.
+
+    A loader with worker processes asks its sampler for indices as soon as its iterator is created (the
+    workers prefetch), and Lightning creates the training iterator before it calls ``set_epoch``: on a
+    resumed run even before the checkpoint's epoch is restored (``estimated_stepping_batches`` in
+    ``configure_optimizers``), and it does not create it again for that epoch (Lightning 2.5.3+, issue
+    #21938). The first epoch after a resume then replayed epoch 0's batches. Here the real iterator is made
+    on the first ``next()``, which Lightning calls after ``set_epoch``.
+    """
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return _StartsOnFirstBatch(super().__iter__)
+
+
+class _StartsOnFirstBatch:
+    def __init__(self, start: Callable[[], Iterator[Any]]) -> None:
+        self._start: Callable[[], Iterator[Any]] | None = start
+        self._it: Iterator[Any] | None = None
+
+    def __iter__(self) -> _StartsOnFirstBatch:
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            assert self._start is not None
+            self._it, self._start = iter(self._start()), None
+        return next(self._it)

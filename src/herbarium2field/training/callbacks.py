@@ -1,4 +1,11 @@
-"""Lightning callbacks and plugins for our recipe: frozen warm-up, per-epoch CSV, images/s, atomic checkpoints."""
+"""Lightning callbacks and plugins for our recipe: frozen warm-up, per-step seeding, per-epoch CSV, images/s,
+early stopping that survives a resume, atomic checkpoints.
+
+Resume contract: checkpoints are written at the end of a training epoch only (after validation, early
+stopping and the CSV row), so a run killed at any point continues from its last completed epoch and ends
+bit-identical to the run left alone on the CPU. Everything random is a function of (seed, epoch, batch):
+batches and augmentations come from the sampler, in-model randomness from :class:`StepSeed`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, RichProgressBar
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from herbarium2field.io import atomic_path, atomic_write_text
@@ -46,15 +54,17 @@ class BackboneWarmup(Callback):
             self._apply(pl_module)
 
 
-class EpochSeed(Callback):
-    """Re-seed the main process at every epoch start from (seed, epoch), so dropout and other in-model
-    randomness after a resume equal those of an uninterrupted run."""
+class StepSeed(Callback):
+    """Seed ``random``, NumPy and torch in the main process before every training batch from (seed, epoch,
+    batch index), so dropout, drop-path and any other in-model randomness do not depend on what ran before in
+    this process: a resumed run (fresh process, loader iterators created at other moments) draws exactly
+    what the uninterrupted one did. Data randomness is seeded per item by the sampler."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        s = (self.seed * 1_000_003 + trainer.current_epoch) % (2**31 - 1)
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        s = int(np.random.SeedSequence([self.seed, trainer.current_epoch, batch_idx]).generate_state(1)[0])
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
@@ -115,10 +125,22 @@ class EpochLog(Callback):
 
 
 class EpochCSV(Callback):
-    """One row per epoch in ``metrics.csv`` (rewritten atomically, so resume continues it cleanly)."""
+    """One row per epoch in ``metrics.csv`` (rewritten atomically, so resume continues it cleanly).
+
+    The row of an epoch is written before that epoch's checkpoint; a run killed in between may hold a row
+    its checkpoint does not know. On resume such rows are dropped, and the re-run epoch writes them again.
+    """
 
     def __init__(self, path: Path, warmup_epochs: int, throughput: Throughput) -> None:
         self.path, self.warmup_epochs, self.throughput = path, warmup_epochs, throughput
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        rows = self._read()
+        kept = [r for r in rows if int(r["epoch"]) < trainer.current_epoch]
+        if len(kept) != len(rows):
+            self._write(kept)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
@@ -141,7 +163,9 @@ class EpochCSV(Callback):
         for g in ("with_pairs", "without_pairs"):
             for k in (1, 5):
                 row[f"val_top{k}_{g}"] = m.get(f"val/top{k}_{g}")
-        rows = [r for r in self._read() if int(r["epoch"]) < epoch] + [row]
+        self._write([r for r in self._read() if int(r["epoch"]) < epoch] + [row])
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=EPOCH_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -154,6 +178,23 @@ class EpochCSV(Callback):
             return []
         with self.path.open(newline="") as f:
             return list(csv.DictReader(f))
+
+
+class ResumableEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping, and a run that had decided to stop stays stopped when resumed.
+
+    Its counters are in every checkpoint, but the decision itself (``trainer.should_stop``) is not: resuming
+    a run killed between its final checkpoint and its exit, or resuming a finished run, would train epochs
+    the uninterrupted run never did.
+    """
+
+    @property
+    def state_key(self) -> str:  # Lightning's key for EarlyStopping, so older checkpoints still resume
+        return "EarlyStopping" + repr({"monitor": self.monitor, "mode": self.mode})
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+            trainer.should_stop = True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

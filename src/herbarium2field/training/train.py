@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from herbarium2field.config import ExperimentConfig, load_config, save_config
@@ -28,8 +28,9 @@ from herbarium2field.training.callbacks import (
     BackboneWarmup,
     EpochCSV,
     EpochLog,
-    EpochSeed,
     ImagesPerSecondBar,
+    ResumableEarlyStopping,
+    StepSeed,
     Throughput,
 )
 from herbarium2field.training.run_dir import ModelCard, RunPaths, environment
@@ -37,14 +38,22 @@ from herbarium2field.training.run_dir import ModelCard, RunPaths, environment
 
 def resolve_run(cfg: ExperimentConfig, *, resume: Path | None, runs_root: Path | None = None
                 ) -> tuple[ExperimentConfig, RunPaths, Path | None]:
-    """Decide the run directory and checkpoint to resume from; never overwrite a finished run."""
+    """Decide the run directory and checkpoint to resume from; never overwrite a finished run.
+
+    ``--resume`` continues from ``checkpoints/last.ckpt`` (the last completed epoch); a run killed before its
+    first checkpoint starts again in its own directory, with its saved config.
+    """
     if resume is not None:
         paths = RunPaths(Path(resume))
         if not paths.config.is_file():
             raise H2FError("cannot resume: not a run directory (config.yaml missing)", path=paths.root)
+        if rank_zero_only.rank == 0 and paths.checkpoints.is_dir():
+            for tmp in paths.checkpoints.glob(".*.tmp"):  # a checkpoint being written when the run was killed
+                tmp.unlink(missing_ok=True)
         if not paths.last.is_file():
-            raise H2FError("cannot resume: no checkpoints/last.ckpt yet (the run ended before its first epoch)",
-                           path=paths.root, hint=f"start it again: rm -r {paths.root} and re-run h2f train")
+            if rank_zero_only.rank == 0:
+                print(f"{paths.root}: no checkpoint yet (killed during its first epoch); starting it again")
+            return load_config(paths.config), paths, None
         return load_config(paths.config), paths, paths.last
     paths = RunPaths((runs_root or runs_dir()) / cfg.name)
     if rank_zero_only.rank == 0 and paths.checkpoints.exists() and any(paths.checkpoints.iterdir()):
@@ -113,17 +122,29 @@ def _trainer(cfg: ExperimentConfig, paths: RunPaths, *, has_val: bool, progress:
     t = cfg.trainer
     throughput = Throughput()
     monitor = cfg.train.early_stopping.monitor if has_val else None
+    # Checkpoints are written at the end of the training epoch, after validation, early stopping and the CSV
+    # row, so last.ckpt always holds a completed epoch with the sampler, schedule and step counter past it.
+    # best.ckpt and last.ckpt come from two callbacks: Lightning (>= 2.5) refreshes save_last only in
+    # epochs where the monitored checkpoint was saved, which left last.ckpt at the best epoch and made
+    # --resume repeat every epoch after it.
+    ckpt = {"dirpath": paths.checkpoints, "save_on_train_epoch_end": True, "enable_version_counter": False,
+            "auto_insert_metric_name": False}
     callbacks: list = [
         throughput,
-        EpochSeed(cfg.seed),
+        StepSeed(cfg.seed),
         BackboneWarmup(cfg.train.warmup_epochs),
         EpochCSV(paths.metrics, cfg.train.warmup_epochs, throughput),
-        ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor=monitor, mode=cfg.train.early_stopping.mode,
-                        save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
     ]
     if has_val and cfg.train.early_stopping.patience is not None:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.train.early_stopping.mode,
-                                       patience=cfg.train.early_stopping.patience, check_on_train_epoch_end=False))
+        callbacks.append(ResumableEarlyStopping(monitor=monitor, mode=cfg.train.early_stopping.mode,
+                                                patience=cfg.train.early_stopping.patience,
+                                                check_on_train_epoch_end=False))
+    # trainer.checkpoint_callback (the first) is the best one; the last one is saved after it, so its
+    # state in last.ckpt already counts this epoch.
+    callbacks.append(ModelCheckpoint(filename="best", monitor=monitor, mode=cfg.train.early_stopping.mode,
+                                     save_top_k=1, save_last=monitor is None, **ckpt))
+    if monitor is not None:
+        callbacks.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1, **ckpt))
     if progress and sys.stdout.isatty():
         callbacks.append(ImagesPerSecondBar(throughput))
     elif progress:  # a log file or pipe: one line per epoch instead of a redrawn bar
