@@ -47,6 +47,7 @@ demo: $(STAMP)
 	@echo "report: $(DEMO)/runs/demo_arcface/report.html   comparison: $(DEMO)/comparison/comparison.md"
 
 test: $(STAMP) browser
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP) browser
@@ -61,6 +62,7 @@ ablation: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache

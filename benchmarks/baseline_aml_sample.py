@@ -8,7 +8,7 @@ photos of 15 species; 32 test field photos of 14 of them) is embedded once per e
 
 1. **Classifiers**: logreg, svm, knn, ncm, each with ``--align none | standardize | coral``, trained on the
    100 sheets + 89 training photos, evaluated on the 32 test photos: top-1/top-5 with 95% percentile-bootstrap
-   CIs (``herbarium2field.evaluation.metrics.evaluate``), overall and per pairs group. On the sample every
+   CIs (``herbarium2field.scoring.metrics.evaluate``), overall and per pairs group. On the sample every
    test photo is of a species *with* pairs.
 2. **Without pairs, on real plants**: ``--moved`` species (seeded choice among those with test photos) lose
    their training field photos, so they become "without pairs" (sheet only), and the same table is made per
@@ -46,15 +46,16 @@ from benchmarks.common import RESULTS, machine_info, write_result  # noqa: E402
 from herbarium2field.data.cache import ImageSource  # noqa: E402
 from herbarium2field.data.manifest import labels_of as table_labels  # noqa: E402
 from herbarium2field.data.transforms import eval_transform  # noqa: E402
-from herbarium2field.evaluation.metrics import evaluate, group_masks, paired_diff, ranks  # noqa: E402
 from herbarium2field.features.classic import fit_classic  # noqa: E402
-from herbarium2field.features.extract import ExtractorSpec, embed_dataset  # noqa: E402
+from herbarium2field.features.extract import embed_dataset  # noqa: E402
 from herbarium2field.features.store import Features, load_features  # noqa: E402
 from herbarium2field.io import atomic_write_text  # noqa: E402
 from herbarium2field.models.align import ALIGNMENTS  # noqa: E402
 from herbarium2field.models.classifiers import CLASSIFIERS  # noqa: E402
+from herbarium2field.models.frozen import ExtractorSpec  # noqa: E402
 from herbarium2field.models.weights import OFFLINE_LITE0, load_into, resolve_weights_path  # noqa: E402
 from herbarium2field.paths import project_root, shared_data_dir  # noqa: E402
+from herbarium2field.scoring.metrics import evaluate, group_masks, paired_diff, ranks  # noqa: E402
 
 ROOT = project_root()
 NAME = "baseline_aml_sample"  # benchmarks/results/<NAME>.json
@@ -180,7 +181,7 @@ def imagenet_confidence(data: Path, feats: Features, spec: ExtractorSpec) -> dic
     """Mean max-probability and entropy of the ported 1000-class ImageNet head on the field photos."""
     net = timm.create_model(str(spec.backbone), num_classes=1000).eval()
     load_into(net, resolve_weights_path(OFFLINE_LITE0))
-    from herbarium2field.models.backbones import Preprocessing
+    from herbarium2field.data.transforms import Preprocessing
 
     pre = Preprocessing.from_dict(feats.meta["spec"]["preprocessing"])
     tf = eval_transform(pre)
@@ -352,7 +353,7 @@ def main() -> None:
         "data": str(data),
         "n_boot": args.n_boot,
         "seed": args.seed,
-        "metrics": "herbarium2field.evaluation.metrics.evaluate (pessimistic ties, percentile bootstrap)",
+        "metrics": "herbarium2field.scoring.metrics.evaluate (pessimistic ties, percentile bootstrap)",
         "default_variant": DEFAULT,
     }
     print(f"1. classifiers ({DEFAULT})", flush=True)

@@ -33,13 +33,13 @@ from benchmarks.common import machine_info, print_table, write_result  # noqa: E
 from herbarium2field.data.cache import ImageSource, prepare_cache  # noqa: E402
 from herbarium2field.data.manifest import read_dataset  # noqa: E402
 from herbarium2field.data.transforms import eval_transform  # noqa: E402
-from herbarium2field.features.extract import ExtractorSpec, build_extractor, embed_dataset  # noqa: E402
-from herbarium2field.models.predict import embed_batch  # noqa: E402
+from herbarium2field.features.extract import build_extractor, embed_dataset  # noqa: E402
+from herbarium2field.models.frozen import ExtractorSpec  # noqa: E402
 from herbarium2field.models.weights import OFFLINE_LITE0  # noqa: E402
 from herbarium2field.paths import shared_data_dir  # noqa: E402
 
 MODELS = {  # weights do not change speed; lite0 gets its real offline weights, convnext a random init
-    "convnextv2_nano": ExtractorSpec(backbone="convnextv2_nano", size=224),
+    "convnextv2_nano": ExtractorSpec(backbone="convnextv2_nano", size=224, random_init=True),  # speed only
     "efficientnet_lite0": ExtractorSpec(backbone="efficientnet_lite0", weights=OFFLINE_LITE0, size=224),
 }
 BATCH = 32
@@ -78,17 +78,13 @@ def network_speed(data: Path, repeat: int, device: torch.device) -> dict[str, di
     ds = read_dataset(data, check="exists")
     source = ImageSource(ds.root, size=320)
     paths = ds.table.path.tolist()[: 2 * BATCH]
-    nets, batches = {}, {}
+    extractors, batches = {}, {}
     for name, spec in MODELS.items():
-        ex = build_extractor(spec)
-        net = ex.net.to(device).eval()
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        ex = build_extractor(spec).extractor  # the extractor `h2f embed` uses: device, bf16 on a GPU
         t = eval_transform(ex.pre)
         x = torch.stack([t(source.load(p)) for p in paths])
-        batches[name] = [x[i : i + BATCH].to(device) for i in range(0, len(x), BATCH)]
-        nets[name] = net
-    amp = torch.bfloat16 if device.type == "cuda" else None
+        batches[name] = [x[i : i + BATCH] for i in range(0, len(x), BATCH)]
+        extractors[name] = ex
 
     def run(name: str) -> float:
         if device.type == "cuda":
@@ -96,10 +92,7 @@ def network_speed(data: Path, repeat: int, device: torch.device) -> dict[str, di
         t0 = time.perf_counter()
         n = 0
         for x in batches[name]:
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                embed_batch(nets[name], x)
+            extractors[name](x)
             n += len(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -116,7 +109,7 @@ def network_speed(data: Path, repeat: int, device: torch.device) -> dict[str, di
         name: {
             "images_per_s": round(statistics.median(v), 1),
             "runs": [round(r, 1) for r in v],
-            "precision": "bf16" if amp is not None else "fp32",
+            "precision": "bf16" if device.type == "cuda" else "fp32",
             "batch": BATCH,
             "images": len(paths),
         }

@@ -4,7 +4,7 @@ Usage: ``.venv/bin/python benchmarks/bench_identify.py [--backbones convnextv2_n
 [--size 224] [--repeat 60] [--threads 2]``
 
 For each backbone an ``H2FNet`` (backbone + 512-d neck + ArcFace head over 100 species, random weights:
-latency does not depend on the weights) is exported with ``herbarium2field.identify.onnx_export`` and run
+latency does not depend on the weights) is exported with ``herbarium2field.identify.export`` and run
 at batch 1 with ``--threads`` intra-op threads. Eager and ONNX run in alternating blocks of 10 calls
 (with a short pause at each switch, so one runtime's spinning worker threads never steal the cores from
 the other), so both see the same machine load; p50/p95 over ``--repeat`` calls after a warm-up. The
@@ -37,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info, print_table, write_result  # noqa: E402
 from herbarium2field.config import ModelConfig  # noqa: E402
-from herbarium2field.identify.onnx_export import _NetworkGraph, export_module, new_session  # noqa: E402
+from herbarium2field.data.transforms import Preprocessing  # noqa: E402
+from herbarium2field.identify.export import _NetworkGraph, export_module  # noqa: E402
+from herbarium2field.models.extractor import OnnxExtractor  # noqa: E402
 from herbarium2field.models.network import H2FNet  # noqa: E402
 
 CLASSES = 100
@@ -61,7 +63,8 @@ def bench_backbone(name: str, size: int, repeat: int, threads: int, folder: Path
     t = time.perf_counter()
     export_module(graph, torch.randn(2, 3, size, size), path, ["embeddings", "scores"])
     export_s = time.perf_counter() - t
-    sessions = [new_session(path, threads)]  # in a list, so that it can be freed before the next model
+    pre = Preprocessing(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    sessions = [OnnxExtractor.from_file(path, pre, threads=threads).session]  # a list: freed before the next model
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     xn = x.numpy()
 
@@ -117,7 +120,6 @@ def preprocessing_ms(size: int, repeat: int) -> dict[str, Any] | None:
     from herbarium2field.data.images import load_rgb
     from herbarium2field.data.transforms import eval_transform
     from herbarium2field.identify.service import photo_min_side
-    from herbarium2field.models.backbones import Preprocessing
     from herbarium2field.paths import shared_data_dir
 
     photos = sorted((shared_data_dir() / "aml-sample" / "train" / "photo").rglob("*.jpg"))
@@ -135,30 +137,31 @@ def preprocessing_ms(size: int, repeat: int) -> dict[str, Any] | None:
 
 
 def combination(run: Path, per_class: int = 50) -> None:
-    """Single photo vs combined photos, on the run's validation photos and its test split."""
-    from herbarium2field.data.datamodule import image_source
-    from herbarium2field.data.manifest import labels_of
-    from herbarium2field.identify.calibrate import split_params, validation_rows
-    from herbarium2field.identify.combine import compare_combinations, log_probabilities
-    from herbarium2field.identify.commands import dataset_for, run_card
-    from herbarium2field.identify.predictor import load_predictor
+    """Single photo vs combined photos, on the run's validation photos (stored in the run) and its test split."""
+    from herbarium2field.data.loaders import image_source
+    from herbarium2field.data.manifest import labels_of, read_dataset
+    from herbarium2field.run.artefacts import ValidationSet
+    from herbarium2field.run.load import load_model
+    from herbarium2field.scoring.combine import compare_combinations, log_probabilities
 
-    card = run_card(run)
-    ds = dataset_for(run, card, None)
-    pred = load_predictor(run)
-    source = image_source(ds, min_size=card.preprocessing["input_size"])
+    model = load_model(run)
+    card = model.card
     index = {c: i for i, c in enumerate(card.class_ids)}
-    val, _ = validation_rows(ds, split_params(run, card), card)
+    val = ValidationSet.load(model.run, card)
+    val = val.subset((val.domains == 1) & (val.labels >= 0))
+    out: dict[str, Any] = {"run": str(run), "backbone": card.model.get("backbone"), "per_class": per_class}
+    if len(val.labels):
+        scores = model.scorer(val.embeddings, val.logits)
+        out["validation"] = compare_combinations(log_probabilities(scores, model.score_kind), val.labels,
+                                                 per_class=per_class)
+    ds = read_dataset(card.dataset["root"], check="exists")
     test = ds.split("test")
     test = test[test.class_id.isin(card.class_ids)].reset_index(drop=True)
-    out: dict[str, Any] = {"run": str(run), "backbone": card.model.get("backbone"), "per_class": per_class}
-    for name, rows in (("validation", val), ("test", test)):
-        if len(rows) == 0:
-            continue
-        _, scores = pred.predict_table(rows, source, num_workers=0)
-        lp = log_probabilities(scores, pred.score_kind)
-        out[name] = compare_combinations(lp, labels_of(rows, index), per_class=per_class)
-        print(name, out[name])
+    if len(test):
+        _, scores = model.predict_table(test, image_source(ds, min_size=model.pre.input_size), num_workers=0)
+        out["test"] = compare_combinations(log_probabilities(scores, model.score_kind), labels_of(test, index),
+                                           per_class=per_class)
+    print(out)
     write_result("identify_combination", {"machine": machine_info(), **out})
 
 

@@ -77,7 +77,7 @@ def tiny_run(folder: Path) -> Path:
     from herbarium2field.config import load_config
     from herbarium2field.data.synth.generate import generate_dataset
     from herbarium2field.identify.commands import index_run
-    from herbarium2field.identify.onnx_export import export_onnx
+    from herbarium2field.identify.export import export_onnx
     from herbarium2field.training.train import train
 
     data = folder / "data"
@@ -181,9 +181,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or tiny_run(Path(tmp))
-        from herbarium2field.training.run_dir import ModelCard
+        from herbarium2field.run.card import read_card
 
-        card = ModelCard.load(run / "model_card.json")
+        card = read_card(run)
         for backend in args.backends.split(","):
             proc, url = start_server(run, backend, Path(tmp) / f"{backend}.log")
             try:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from herbarium2field.io import write_json
 from herbarium2field.paths import project_root
+from herbarium2field.run.card import environment
 from herbarium2field.system import load_average, usable_cores
-from herbarium2field.training.run_dir import environment
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -21,8 +21,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS  # noqa: E402
-from herbarium2field.evaluation.metrics import evaluate, group_masks  # noqa: E402
 from herbarium2field.io import atomic_write_text  # noqa: E402
+from herbarium2field.scoring.metrics import evaluate, group_masks  # noqa: E402
 from herbarium2field.viz.compare import comparison_markdown, comparison_table, plot_comparison  # noqa: E402
 from herbarium2field.viz.confusion import plot_confusion  # noqa: E402
 from herbarium2field.viz.curves import plot_training_curves  # noqa: E402

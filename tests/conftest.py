@@ -124,7 +124,7 @@ def identify_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     import shutil
 
     from herbarium2field.identify.commands import index_run
-    from herbarium2field.identify.onnx_export import export_onnx
+    from herbarium2field.identify.export import export_onnx
 
     run = tmp_path_factory.mktemp("identify") / "runs" / "ident"
     shutil.copytree(tiny_run, run)

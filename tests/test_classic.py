@@ -7,21 +7,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from herbarium2field.errors import H2FError
-from herbarium2field.features.classic import (
-    ABSENT,
-    classic_split_scores,
-    fit_classic,
-    load_classic,
-    save_classic,
-)
-from herbarium2field.features.extract import ExtractorSpec, embed_dataset
+from herbarium2field.evaluation.evaluate import evaluate_run
+from herbarium2field.evaluation.outputs import split_outputs
+from herbarium2field.features.classic import ABSENT, fit_classic, load_classic, save_classic
+from herbarium2field.features.extract import embed_dataset
 from herbarium2field.features.store import load_features, shard_path
 from herbarium2field.models.align import fit_alignment
 from herbarium2field.models.classifiers import CLASSIFIERS
+from herbarium2field.models.frozen import ExtractorSpec
 from herbarium2field.models.weights import OFFLINE_LITE0
+from herbarium2field.run.load import load_model
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +55,11 @@ def test_each_classifier_round_trips_through_disk(cache, tmp_path, classifier):
     )
     assert (paths.root / "environment.json").is_file()
     assert before.shape == (len(test), 6) and np.isfinite(before).all()
-    table, scores, emb = classic_split_scores(paths.root, "test")
-    assert table.path.tolist() == test.path.tolist()
-    np.testing.assert_array_equal(scores, before)
-    np.testing.assert_array_equal(emb, x)
+    run_model = load_model(paths.root)
+    out = split_outputs(run_model, "test")  # evaluation reads the run's own feature cache
+    assert out.table.path.tolist() == test.path.tolist() and out.logits is None
+    np.testing.assert_array_equal(run_model.scorer(out.embeddings, None), before)
+    np.testing.assert_array_equal(out.embeddings, x)
 
 
 def test_backbone_embeds_new_photos_like_the_cache(cache, synth_small, tmp_path):
@@ -67,14 +67,13 @@ def test_backbone_embeds_new_photos_like_the_cache(cache, synth_small, tmp_path)
 
     feats = load_features(cache)
     paths = save_classic(fit_classic(feats, "ncm"), tmp_path / "run")
-    model = load_classic(paths.root)
-    net, pre = model.backbone()
-    assert pre.input_size == 96 and pre.mean == (0.5, 0.5, 0.5)
+    model = load_model(paths.root)
+    assert model.pre.input_size == 96 and model.pre.mean == (0.5, 0.5, 0.5)
     rows = [0, 40, 70]
     imgs = [ImageSource(synth_small, size=320).load(feats.table.path[i]) for i in rows]
-    emb = model.embed(imgs)
+    emb, scores = model.predict(imgs)
     np.testing.assert_allclose(emb, feats.embeddings[rows], atol=2e-3)  # the cache is float16
-    np.testing.assert_allclose(model.scores(emb), model.scores(feats.embeddings[rows]), atol=1e-2)
+    np.testing.assert_allclose(scores, load_classic(paths.root).scores(feats.embeddings[rows]), atol=1e-2)
 
 
 def test_species_without_training_images_score_minus_infinity(cache):
@@ -165,7 +164,7 @@ def test_alignment_is_fitted_on_training_images_only(cache):
     model = fit_classic(feats, "ncm", align="coral")
     for domain in ("herbarium", "field"):  # test photos (all field) play no part
         ref = feats.embeddings[feats.mask("train", domain)].mean(0)
-        np.testing.assert_allclose(model.alignment.stats[f"mean_{domain}"], ref, atol=1e-6)
+        np.testing.assert_allclose(model.head.alignment.stats[f"mean_{domain}"], ref, atol=1e-6)
     with pytest.raises(H2FError, match="needs at least 2 training images of each domain"):
         fit_classic(feats, "logreg", align="coral", domains="herbarium")
 
@@ -178,28 +177,28 @@ def test_validation_holds_out_field_photos(cache):
     assert model.card.dataset["train_field"] == int(feats.mask("train", "field").sum()) - v["n"]
 
 
-def test_split_scores_follow_the_dataset_and_notice_a_rebuilt_cache(cache, synth_small, tmp_path):
+def test_new_data_and_a_rebuilt_cache_are_embedded_with_the_frozen_backbone(cache, synth_small, tmp_path):
+    """Evaluation needs only the run: rows its feature cache lacks (another dataset, or a cache rebuilt
+    differently since) are embedded by the run's own frozen backbone, the same numbers up to float16."""
     feats_dir = tmp_path / "feats"
     shutil.copytree(cache, feats_dir)
     run = save_classic(fit_classic(feats_dir, "ncm"), tmp_path / "run").root
-    table, scores, emb = classic_split_scores(run, "train", data_root=synth_small)
-    assert len(table) == len(emb) == int(load_features(feats_dir).mask(split="train").sum())
-    with pytest.raises(H2FError, match="test images differ"):
-        other = tmp_path / "other"
-        shutil.copytree(synth_small, other)
-        for name in ("test.txt", "groundtruth.txt"):
-            lines = (other / "list" / name).read_text().splitlines()
-            (other / "list" / name).write_text("\n".join(lines[1:]) + "\n")
-        classic_split_scores(run, "test", data_root=other)
-    embed_dataset(
-        synth_small,
-        feats_dir,
-        ExtractorSpec(backbone="efficientnet_lite0", weights=OFFLINE_LITE0, size=64),
-        num_workers=0,
-        force=True,
-    )
-    with pytest.raises(H2FError, match="feature cache changed since this model was fitted"):
-        classic_split_scores(run, "test")
+    model = load_model(run)
+    cached = split_outputs(model, "train", data=synth_small)
+    assert len(cached.table) == int(load_features(feats_dir).mask(split="train").sum())
+    other = tmp_path / "other"  # the same images, one test photo fewer: not the run's dataset
+    shutil.copytree(synth_small, other)
+    for name in ("test.txt", "groundtruth.txt"):
+        lines = (other / "list" / name).read_text().splitlines()
+        (other / "list" / name).write_text("\n".join(lines[1:]) + "\n")
+    fresh = split_outputs(model, "test", data=other, num_workers=0)
+    ref = load_features(feats_dir)
+    by_path = dict(zip(ref.table.path, ref.embeddings, strict=True))
+    np.testing.assert_allclose(fresh.embeddings, [by_path[p] for p in fresh.table.path], atol=2e-3)
+    embed_dataset(synth_small, feats_dir, ExtractorSpec(backbone="efficientnet_lite0", weights=OFFLINE_LITE0, size=64),
+                  num_workers=0, force=True)
+    rebuilt = split_outputs(model, "test", num_workers=0)  # the cache no longer matches: not used
+    np.testing.assert_allclose(rebuilt.embeddings, [by_path[p] for p in rebuilt.table.path], atol=2e-3)
 
 
 def test_undecodable_images_are_left_out_and_ranked_last(cache, tmp_path):
@@ -218,8 +217,12 @@ def test_undecodable_images_are_left_out_and_ranked_last(cache, tmp_path):
     model = fit_classic(feats, "logreg")
     assert model.card.dataset["train_images"] == int(feats.mask(split="train").sum()) - 1
     run = save_classic(model, tmp_path / "run").root
-    table, scores, _ = classic_split_scores(run, "test")
-    assert not table.ok[0] and (scores[0] == 0).all() and np.isfinite(scores[1:]).all()
+    out = split_outputs(load_model(run), "test")
+    assert np.isnan(out.embeddings[0]).all() and not np.isnan(out.embeddings[1:]).any()
+    (res,) = evaluate_run(run, n_boot=0)
+    preds = pd.read_csv(res.out_dir / "predictions.csv")
+    first = preds.set_index("image").loc[feats.table.path[test_row]]
+    assert not first["correct@1"] and first["rank"] == len(feats.class_ids)  # ties: ranked last
 
 
 def test_bad_input_gives_clear_errors(cache, tmp_path):
@@ -255,7 +258,7 @@ def test_bad_input_gives_clear_errors(cache, tmp_path):
     with pytest.raises(H2FError, match="already holds a model"):
         save_classic(model, run)
     (run / "model.joblib").write_bytes(b"garbage")
-    with pytest.raises(H2FError, match="cannot read the fitted model"):
+    with pytest.raises(H2FError, match="weights file changed since the model card was written"):
         load_classic(run)
     with pytest.raises(H2FError, match="model_card.json is missing"):
         load_classic(tmp_path)

@@ -73,7 +73,7 @@ def _changed(a, b) -> set[str]:
 
 def _measured_recipe() -> list[str]:
     """The overrides + inference mode of the ablation's "recommended" variant (benchmarks/ablation.yaml)."""
-    from herbarium2field.experiments.ablation import load_plan
+    from herbarium2field.experiments.plan import load_plan
 
     variants = {v.name: v for v in load_plan(project_root() / "benchmarks" / "ablation.yaml").variants}
     rec = variants["recommended"]
@@ -92,7 +92,7 @@ def test_recommended_configs_ship_exactly_the_recipe_the_ablation_measured():
 
 
 def test_demo_runs_are_the_recommended_recipe_and_a_plain_softmax_baseline():
-    from herbarium2field.experiments.ablation import load_plan
+    from herbarium2field.experiments.plan import load_plan
 
     configs = project_root() / "configs"
     rec, arc, soft = (load_config(configs / f"{n}.yaml") for n in ("recommended_lite0_cpu", "demo_arcface",

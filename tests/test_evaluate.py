@@ -11,13 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from herbarium2field.config import InferenceConfig
 from herbarium2field.errors import H2FError
 from herbarium2field.evaluation.compare import compare
 from herbarium2field.evaluation.evaluate import evaluate_run
 from herbarium2field.evaluation.outputs import split_outputs
-from herbarium2field.evaluation.prototypes import build_prototypes, calibrate_shift, prototype_scores
 from herbarium2field.evaluation.report import build_report
 from herbarium2field.evaluation.tsne_runs import tsne_runs
+from herbarium2field.run.artefacts import ValidationSet, load_class_means
+from herbarium2field.run.card import read_card
+from herbarium2field.run.finalize import choose_inference
+from herbarium2field.run.load import load_model
+from herbarium2field.scoring.prototypes import ClassMeans, build_prototypes, calibrate_shift, prototype_scores
 
 
 @pytest.fixture
@@ -44,9 +49,9 @@ def test_both_modes_write_every_artefact(run):
 
 
 def test_classifier_metrics_match_the_network_outputs(run):
-    out = split_outputs(run, "test")
+    out = split_outputs(load_model(run), "test")
     (res,) = evaluate_run(run, mode="classifier", n_boot=0)
-    top1 = float(np.mean(out.scores.argmax(1) == out.labels))
+    top1 = float(np.mean(out.logits.argmax(1) == out.labels))
     assert res.metrics["groups"]["overall"]["top1"] == pytest.approx(top1)
     assert out.with_pairs.sum() == res.metrics["groups"]["with_pairs"]["n"]
 
@@ -89,7 +94,7 @@ def _two_domain_embeddings(offset: float, rng: np.random.Generator):
 def test_calibration_chooses_the_shift_that_finds_held_out_species():
     rng = np.random.default_rng(0)
     emb, labels, domains, val, val_labels, n = _two_domain_embeddings(2.0, rng)
-    choice = calibrate_shift(emb, labels, domains, val, val_labels, n)
+    choice = calibrate_shift(ClassMeans.from_embeddings(emb, labels, domains, n), val, val_labels)
     assert choice["calibrated"] and choice["held_out_species"] == 6
     grid = {(g["field_weight"], g["shift"]): g for g in choice["grid"]}
     best = grid[(choice["field_weight"], choice["shift"])]
@@ -97,31 +102,30 @@ def test_calibration_chooses_the_shift_that_finds_held_out_species():
     assert choice["shift"] > 0 and best["held_out_top1"] > grid[(0.5, 0.0)]["held_out_top1"]
     # No domain gap: every setting ties, and the plain "shifted" defaults are kept.
     emb, labels, domains, val, val_labels, n = _two_domain_embeddings(0.0, rng)
-    same = calibrate_shift(emb, labels, domains, val, val_labels, n)
+    means = ClassMeans.from_embeddings(emb, labels, domains, n)
+    same = calibrate_shift(means, val, val_labels)
     assert (same["field_weight"], same["shift"]) == (0.5, 1.0)
     # Too few paired species with validation photos to hold one out: defaults, flagged.
-    few = calibrate_shift(emb, labels, domains, val[:2], val_labels[:2], n)
+    few = calibrate_shift(means, val[:2], val_labels[:2])
     assert few["calibrated"] is False and few["held_out_species"] == 1
 
 
 def test_calibrated_prototypes_on_a_run(run):
     (res,) = evaluate_run(run, mode="prototype", prototype_source="calibrated", n_boot=0)
     assert res.out_dir.name == "test-prototype-calibrated"
-    choice = json.loads((run / "prototype_calibration.json").read_text())
-    assert {"field_weight", "shift", "calibrated"} <= choice.keys()
+    ranking = json.loads((res.out_dir / "metrics.json").read_text())["ranking"]
+    assert ranking["prototype_source"] == "shifted" and {"field_weight", "shift", "calibrated"} <= ranking["evidence"].keys()
+    assert (ranking["field_weight"], ranking["shift"]) == (ranking["evidence"]["field_weight"], ranking["evidence"]["shift"])
 
 
 def test_calibrated_prototypes_without_validation_photos_fall_back_to_shifted(run):
-    import yaml
-
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg["data"]["val_field_fraction"] = 0.0
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (cal,) = evaluate_run(run, mode="prototype", prototype_source="calibrated", n_boot=0)
-    choice = json.loads((run / "prototype_calibration.json").read_text())
-    assert choice["calibrated"] is False and "no validation" in choice["note"]
-    (shifted,) = evaluate_run(run, mode="prototype", prototype_source="shifted", n_boot=0)
-    assert cal.metrics["groups"] == shifted.metrics["groups"]
+    card = read_card(run)
+    val = ValidationSet.load(run, card)
+    no_photos = val.subset(val.domains == 0)  # held-out sheets only: nothing to calibrate the shift on
+    choice = choose_inference(load_class_means(run, card), no_photos,
+                              declared=InferenceConfig(mode="prototype", prototype_source="calibrated"))
+    assert choice.evidence["calibrated"] is False and "plain 'shifted'" in choice.evidence["note"]
+    assert (choice.prototype_source, choice.field_weight, choice.shift) == ("shifted", 0.5, 1.0)
 
 
 def test_shifted_prototypes_are_used(run):
@@ -160,11 +164,11 @@ def test_compare_tsne_and_report(run, tmp_path):
     assert "without pairs" in md_path.read_text()
 
 
-def test_bad_run_directory(tmp_path):
+def test_bad_run_directory(tmp_path, run):
     with pytest.raises(H2FError, match="model_card.json"):
         evaluate_run(tmp_path)
-    with pytest.raises(H2FError, match="mode"):
-        evaluate_run(tmp_path, mode="knn")
+    with pytest.raises(H2FError, match="unknown mode 'knn'"):
+        evaluate_run(run, mode="knn")
 
 
 def test_unreadable_test_image_is_named_not_replaced(run, synth_small, tmp_path):

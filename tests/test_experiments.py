@@ -12,7 +12,8 @@ import yaml
 from herbarium2field.data.derive import drop_field_photos
 from herbarium2field.data.manifest import read_dataset
 from herbarium2field.errors import H2FError
-from herbarium2field.experiments.ablation import load_plan, run_plan, write_results
+from herbarium2field.experiments.ablation import run_plan, write_results
+from herbarium2field.experiments.plan import load_plan
 from tests.conftest import TINY
 
 

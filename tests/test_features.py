@@ -14,12 +14,13 @@ import torch
 from herbarium2field.data.cache import ImageSource
 from herbarium2field.data.transforms import eval_transform
 from herbarium2field.errors import H2FError
-from herbarium2field.features.extract import ExtractorSpec, embed_dataset, extractor_from_spec
+from herbarium2field.features.extract import embed_dataset
 from herbarium2field.features.store import load_features, shard_path
-from herbarium2field.models.predict import embed_images
+from herbarium2field.models.frozen import ExtractorSpec, frozen_from_record
+from herbarium2field.models.inference import infer_images, infer_table
 from herbarium2field.models.weights import OFFLINE_LITE0
 
-TINY = ExtractorSpec(backbone="mobilenetv3_small_050", size=64)
+TINY = ExtractorSpec(backbone="mobilenetv3_small_050", size=64, random_init=True)
 FAST = {"batch_size": 16, "num_workers": 0}
 
 
@@ -49,9 +50,9 @@ def test_cache_holds_every_image_with_its_row(synth_small, straight):
     assert meta["spec"]["dataset_root"] == str(synth_small.resolve()) and meta["complete"]
     assert len(f.class_ids) == 6 and f.with_pairs == {c for c in f.class_ids if c in f.with_pairs}
     # the cache row of an image is what embedding that image alone gives (same preprocessing, same net)
-    ex = extractor_from_spec(meta["spec"])
+    ex = frozen_from_record(meta["spec"])
     img = ImageSource(synth_small, size=320).load(f.table.path[5])
-    one, _ = embed_images(ex.net, [img], ex.pre)
+    one, _ = infer_images(ex.extractor, [img])
     np.testing.assert_allclose(one[0], f.embeddings[5], atol=1e-5)
 
 
@@ -76,9 +77,9 @@ def test_stale_cache_is_refused_and_force_rebuilds(synth_small, straight, tmp_pa
     out = tmp_path / "c"
     shutil.copytree(straight.out, out)
     for spec, what in [
-        (ExtractorSpec(backbone="mobilenetv3_small_050", size=96), "preprocessing"),
-        (ExtractorSpec(backbone="mobilenetv3_small_075", size=64), "backbone"),
-        (ExtractorSpec(backbone="mobilenetv3_small_050", size=64, mean=(0.5, 0.5, 0.5)), "mean"),
+        (ExtractorSpec(backbone="mobilenetv3_small_050", size=96, random_init=True), "preprocessing"),
+        (ExtractorSpec(backbone="mobilenetv3_small_075", size=64, random_init=True), "backbone"),
+        (ExtractorSpec(backbone="mobilenetv3_small_050", size=64, mean=(0.5, 0.5, 0.5), random_init=True), "mean"),
     ]:
         with pytest.raises(H2FError, match=f"stale cache(.|\n)*{what}"):
             embed(synth_small, out, spec)
@@ -109,7 +110,7 @@ def test_weights_change_is_detected(synth_small, tmp_path):
         embed(synth_small, out, ExtractorSpec(backbone="mobilenetv3_small_050", weights=str(w2), size=64))
     shutil.copy(w2, w1)  # the file changed under the same name: the extractor notices when rebuilt
     with pytest.raises(H2FError, match="weights file changed"):
-        extractor_from_spec(load_features(out).meta["spec"])
+        frozen_from_record(load_features(out).meta["spec"])
 
 
 def test_refuses_to_write_into_a_folder_that_is_not_a_cache(synth_small, tmp_path):
@@ -167,8 +168,7 @@ def test_offline_lite0_weights(synth_small, tmp_path):
 def test_embed_with_a_trained_run(synth_small, tmp_path, monkeypatch):
     from herbarium2field.config import load_config
     from herbarium2field.data.manifest import read_dataset
-    from herbarium2field.models.predict import run_network
-    from herbarium2field.training.run_dir import load_network
+    from herbarium2field.run.load import load_model
     from herbarium2field.training.train import train
     from tests.test_training import TINY as TINY_TRAIN
 
@@ -189,9 +189,8 @@ def test_embed_with_a_trained_run(synth_small, tmp_path, monkeypatch):
     rep = embed(synth_small, tmp_path / "c", ExtractorSpec(run=run), dtype="float32")
     f = load_features(tmp_path / "c")
     assert rep.dim == 32 and f.meta["spec"]["source"]["kind"] == "run"
-    net, card, _ = load_network(run)
     ds = read_dataset(synth_small)
-    ref = run_network(net, ds.table, ImageSource(synth_small, size=320), rep.extractor.pre, num_workers=0)
+    ref = infer_table(load_model(run).extractor, ds.table, ImageSource(synth_small, size=320), num_workers=0)
     np.testing.assert_allclose(ref.embeddings, f.embeddings, atol=1e-5)
     with pytest.raises(H2FError, match="cannot be combined with --run"):
         embed(synth_small, tmp_path / "c2", ExtractorSpec(run=run, size=96))
@@ -201,7 +200,14 @@ def test_bad_options_are_clear_errors(synth_small, tmp_path):
     with pytest.raises(H2FError, match="--backbone NAME"):
         embed(synth_small, tmp_path / "c", ExtractorSpec())
     with pytest.raises(H2FError, match="unknown timm backbone"):
-        embed(synth_small, tmp_path / "c", ExtractorSpec(backbone="no_such_net"))
+        embed(synth_small, tmp_path / "c", ExtractorSpec(backbone="no_such_net", random_init=True))
+    # no weights named: random features would pass for a baseline, so they need --random-init on purpose
+    with pytest.raises(H2FError, match=r"no weights for 'mobilenetv3_small_050'(.|\n)*--random-init"):
+        embed(synth_small, tmp_path / "c", ExtractorSpec(backbone="mobilenetv3_small_050", size=64))
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(H2FError, match="cannot be combined"):
+        embed(synth_small, tmp_path / "c", ExtractorSpec(backbone="mobilenetv3_small_050", random_init=True,
+                                                         weights=OFFLINE_LITE0))
     with pytest.raises(H2FError, match="weights file not found"):
         embed(
             synth_small, tmp_path / "c", ExtractorSpec(backbone="mobilenetv3_small_050", weights="nope.pth")
@@ -219,6 +225,7 @@ def test_cli_embed_and_its_errors(synth_small, straight, tmp_path, h2f_main, cap
             str(out),
             "--backbone",
             "mobilenetv3_small_050",
+            "--random-init",
             "--size",
             "64",
             "--workers",
@@ -235,13 +242,19 @@ def test_cli_embed_and_its_errors(synth_small, straight, tmp_path, h2f_main, cap
     shutil.rmtree(out)
     shutil.copytree(straight.out, out)
     assert (
-        h2f_main("embed", str(synth_small), str(out), "--backbone", "mobilenetv3_small_050", "--size", "96")
+        h2f_main("embed", str(synth_small), str(out), "--backbone", "mobilenetv3_small_050", "--random-init",
+                 "--size", "96")
         == 2
     )
     err = capsys.readouterr().err
     assert "stale cache" in err and "--force" in err and "Traceback" not in err
     assert (
-        h2f_main("embed", str(synth_small), str(out), "--backbone", "mobilenetv3_small_050", "--mean", "1,2")
+        h2f_main("embed", str(synth_small), str(out), "--backbone", "mobilenetv3_small_050", "--random-init",
+                 "--mean", "1,2")
         == 2
     )
     assert "three comma-separated numbers" in capsys.readouterr().err
+    assert h2f_main("embed", str(synth_small), str(tmp_path / "random"), "--backbone", "mobilenetv3_small_050") == 2
+    err = capsys.readouterr().err
+    assert all(opt in err for opt in ("--weights", "--pretrained", "--random-init")) and "Traceback" not in err
+    assert not (tmp_path / "random").exists()

@@ -19,21 +19,17 @@ import pytest
 from PIL import Image
 
 from herbarium2field.errors import H2FError
-from herbarium2field.identify.calibrate import (
-    choose_threshold,
-    load_calibration,
-    split_params,
-    validation_rows,
-)
-from herbarium2field.identify.combine import (
+from herbarium2field.run.artefacts import InferenceChoice, ValidationSet, load_calibration, load_class_means
+from herbarium2field.run.card import ModelCard, read_card
+from herbarium2field.run.load import load_model
+from herbarium2field.scoring.combine import (
     combine,
     compare_combinations,
     log_probabilities,
     probabilities,
     softmax,
 )
-from herbarium2field.identify.predictor import load_predictor
-from herbarium2field.training.run_dir import ModelCard
+from herbarium2field.scoring.threshold import choose_threshold
 
 
 def test_photos(data: Path, n: int = 3) -> list[Path]:
@@ -123,8 +119,8 @@ def test_torch_and_onnx_predictors_agree(identify_run, synth_small):
     from herbarium2field.data.images import load_rgb
 
     images = [load_rgb(p, min_side=320) for p in test_photos(synth_small, 6)]
-    t = load_predictor(identify_run, "torch")
-    o = load_predictor(identify_run, "onnx")
+    t = load_model(identify_run, "torch")
+    o = load_model(identify_run, "onnx")
     assert (t.backend, o.backend) == ("torch", "onnx")
     et, st = t.predict(images)
     eo, so = o.predict(images)
@@ -141,7 +137,7 @@ def test_torch_and_onnx_predictors_agree(identify_run, synth_small):
 def test_predictor_is_safe_under_concurrent_calls(identify_run, synth_small):
     from herbarium2field.data.images import load_rgb
 
-    pred = load_predictor(identify_run, "torch")
+    pred = load_model(identify_run, "torch")
     images = [load_rgb(p, min_side=320) for p in test_photos(synth_small, 4)]
     want = [pred.predict([img])[1] for img in images]
     got: dict[int, np.ndarray] = {}
@@ -163,9 +159,9 @@ def test_onnx_backend_without_export_says_how_to_make_it(identify_run, tmp_path)
     run = tmp_path / "run"
     shutil.copytree(identify_run, run, ignore=shutil.ignore_patterns("export", "tb"))
     with pytest.raises(H2FError, match="h2f export"):
-        load_predictor(run, "onnx")
+        load_model(run, "onnx")
     with pytest.raises(H2FError, match="unknown backend"):
-        load_predictor(run, "tensorrt")
+        load_model(run, "tensorrt")
 
 
 # ---- calibration -------------------------------------------------------------------------------------
@@ -176,15 +172,14 @@ def test_calibration_uses_the_training_validation_split(identify_run, synth_smal
     from herbarium2field.data.datamodule import H2FDataModule
     from herbarium2field.data.manifest import read_dataset
 
-    cal = load_calibration(identify_run)
+    card = read_card(identify_run)
+    cal = load_calibration(identify_run, card)
     assert cal is not None and cal["target_precision"] == 0.9 and cal["validation"]["domain"] == "field"
-    cfg = load_config(identify_run / "config.yaml")
-    ds = read_dataset(synth_small)
-    held_out = H2FDataModule(cfg, ds).val_table
-    card = ModelCard.load(identify_run / "model_card.json")
-    rows, _ = validation_rows(ds, split_params(identify_run, card), card)
-    assert sorted(rows.path) == sorted(held_out[held_out.domain == "field"].path)
-    assert cal["n"] == len(rows) > 0
+    held_out = H2FDataModule(load_config(identify_run / "config.yaml"), read_dataset(synth_small)).val_table
+    val = ValidationSet.load(identify_run, card)  # what the end of training stored: the same held-out images
+    assert sorted(val.paths) == sorted(held_out.path)
+    field = held_out[held_out.domain == "field"]
+    assert cal["n"] == len(field) > 0
     assert (cal["threshold"] is None) == (not cal["reached"])
     assert "groups_of_2" in cal["combination"] or cal["n"] < 2
 
@@ -212,22 +207,12 @@ def test_index_is_skipped_when_up_to_date_and_redone_when_data_change(identify_r
     meta = json.loads((run / "gallery" / "meta.json").read_text())
     before = json.loads((identify_run / "gallery" / "meta.json").read_text())
     assert meta["data"]["images"] == before["data"]["images"] - 1 and len(meta["skipped"]) == 1
-    assert res.calibration_up_to_date  # validation photos did not change
+    assert res.calibration_up_to_date  # the threshold rests on the stored validation outputs, not the data
     again = index_run(run, data=data, progress=False, num_workers=0)
     assert again.gallery.up_to_date and again.calibration_up_to_date
-
-    card = ModelCard.load(run / "model_card.json")
-    from herbarium2field.data.manifest import read_dataset
-
-    val, _ = validation_rows(read_dataset(data), split_params(run, card), card)
-    photo = data / val.path.iloc[0]
-    photo.write_bytes(photo.read_bytes()[:150])  # a truncated validation photo: named, not scored
-    cal = index_run(run, data=data, progress=False, num_workers=0)
-    assert cal.gallery.up_to_date and not cal.calibration_up_to_date
-    assert cal.calibration["validation"]["unreadable"] == [val.path.iloc[0]]
-    assert cal.calibration["n"] == res.calibration["n"] - 1
     forced = index_run(run, data=data, progress=False, num_workers=0, force=True)
     assert not forced.gallery.up_to_date and not forced.calibration_up_to_date
+    assert forced.calibration["threshold"] == res.calibration["threshold"]
     assert not list(run.glob(".gallery*")), "temporary gallery folders left behind"
 
 
@@ -240,11 +225,10 @@ def test_gallery_of_another_checkpoint_is_refused(identify_run, tmp_path):
     meta_path = run / "gallery" / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["model"]["sha256"] = "0" * 64
-    meta["model"]["mtime_ns"] += 1
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(H2FError, match="older checkpoint"):
         Identifier(run)
-    res = index_run(run, progress=False, num_workers=0, calibrate=False)
+    res = index_run(run, progress=False, num_workers=0)
     assert res.gallery.reason == "the model changed"
     assert len(Identifier(run).gallery) == res.gallery.images
 
@@ -272,8 +256,10 @@ def test_identify_cli_table_and_json(identify_run, synth_small):
         assert 1 <= len(r["herbarium"]) <= 3 and all(s["class_id"] == r["class_id"] for s in r["herbarium"])
         sims = [s["similarity"] for s in r["herbarium"]]
         assert sims == sorted(sims, reverse=True)
-    assert ans["confident"] in (True, False) and isinstance(ans["message"], str)
     assert set(ans["threshold"]) >= {"value", "reached", "precision", "coverage", "target_precision"}
+    value = ans["threshold"]["value"]  # the answer is confident exactly when its top score reaches the threshold
+    assert ans["confident"] is (value is not None and ans["results"][0]["score"] >= value)
+    assert isinstance(ans["message"], str)
     assert ans["nearest_sheets"] and ans["combine"] == "probabilities"
 
 
@@ -308,12 +294,13 @@ def test_export_is_skipped_when_up_to_date(identify_run):
 @pytest.fixture(scope="module")
 def classic_run(tmp_path_factory: pytest.TempPathFactory, synth_small: Path) -> Path:
     from herbarium2field.features.classic import fit_classic, save_classic
-    from herbarium2field.features.extract import ExtractorSpec, embed_dataset
+    from herbarium2field.features.extract import embed_dataset
     from herbarium2field.identify.commands import index_run
-    from herbarium2field.identify.onnx_export import export_onnx
+    from herbarium2field.identify.export import export_onnx
+    from herbarium2field.models.frozen import ExtractorSpec
 
     base = tmp_path_factory.mktemp("classic_ident")
-    spec = ExtractorSpec(backbone="mobilenetv3_small_050", size=64)
+    spec = ExtractorSpec(backbone="mobilenetv3_small_050", size=64, random_init=True)
     embed_dataset(synth_small, base / "feats", spec, batch_size=32, num_workers=0)
     run = save_classic(fit_classic(base / "feats", "logreg"), base / "run").root
     index_run(run, progress=False, num_workers=0)
@@ -327,38 +314,36 @@ def test_classic_run_identifies_with_both_backends(classic_run, synth_small):
 
     images = [load_rgb(p, min_side=320) for p in test_photos(synth_small, 3)]
     t, o = Identifier(classic_run, backend="torch"), Identifier(classic_run, backend="onnx")
-    assert t.predictor.score_kind == o.predictor.score_kind == "probabilities"
+    assert t.model.score_kind == o.model.score_kind == "probabilities"
     a, b = t.identify(images, top_k=3), o.identify(images, top_k=3)
     assert [r["class_id"] for r in a["results"]] == [r["class_id"] for r in b["results"]]
     assert [r["score"] for r in a["results"]] == pytest.approx([r["score"] for r in b["results"]], abs=1e-4)
     assert a["results"][0]["herbarium"] and a["confidence"].startswith("the classifier's probability")
     # fit-classic records no validation split here: no threshold, and the answer says so
     assert a["threshold"] is None and a["confident"] is None and "no confidence threshold" in a["message"]
-    emb, scores = t.predictor.predict(images)
+    emb, scores = t.model.predict(images)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-4)  # predict_proba, used as is
 
 
 def test_prototype_inference_mode_ranks_by_shifted_prototypes(tiny_run, tmp_path):
-    """A run whose config says `inference.mode: prototype` is evaluated and identified that way."""
-    import yaml
-
+    """A run whose inference choice is `prototype` is evaluated and identified that way."""
     from herbarium2field.evaluation.evaluate import evaluate_run
     from herbarium2field.evaluation.outputs import split_outputs
-    from herbarium2field.evaluation.prototypes import prototype_scores, run_prototypes
+    from herbarium2field.identify.calibrate import recalibrate
+    from herbarium2field.scoring.prototypes import prototype_scores, prototypes
 
     run = tmp_path / "proto"
     shutil.copytree(tiny_run, run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg["inference"] = {"mode": "prototype", "prototype_source": "shifted", "field_weight": 0.5}
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    card = read_card(run)
+    InferenceChoice(mode="prototype", prototype_source="shifted", label="prototype-shifted", scale=15.0).save(run, card)
+    recalibrate(run, force=True)
     (res,) = evaluate_run(run, n_boot=0)
     assert res.mode == "prototype-shifted"
-    pred = load_predictor(run)
-    test = split_outputs(run, "test")
-    images = [Image.open(Path(ModelCard.load(run / "model_card.json").dataset["root"]) / p)
-              for p in test.table.path[:3]]
-    emb, scores = pred.predict(images)
-    want = 15.0 * prototype_scores(emb, run_prototypes(run, source="shifted"))
+    model = load_model(run)
+    test = split_outputs(model, "test")
+    images = [Image.open(Path(card.dataset["root"]) / p) for p in test.table.path[:3]]
+    emb, scores = model.predict(images)
+    want = 15.0 * prototype_scores(emb, prototypes(load_class_means(run, card), "shifted"))
     assert np.allclose(scores, want, atol=1e-4)
-    assert not np.allclose(scores, load_predictor(tiny_run).predict(images)[1], atol=1e-2)
+    assert not np.allclose(scores, load_model(tiny_run).predict(images)[1], atol=1e-2)

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import top_k_accuracy_score
 
 from herbarium2field.errors import H2FError
-from herbarium2field.evaluation.metrics import (
+from herbarium2field.scoring.metrics import (
     ScoreError,
     evaluate,
     group_masks,

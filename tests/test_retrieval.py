@@ -10,9 +10,9 @@ from PIL import Image
 
 from herbarium2field.errors import H2FError
 from herbarium2field.retrieval import index as index_mod
-from herbarium2field.retrieval.freshness import images_fingerprint
 from herbarium2field.retrieval.gallery import Gallery, _unique_ids
 from herbarium2field.retrieval.index import build_index, ivf_params, load_index, save_index, search
+from herbarium2field.run.fingerprint import images_fingerprint
 
 
 def clustered(n: int, d: int = 32, classes: int = 50, noise: float = 0.6, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from herbarium2field.errors import H2FError
-from herbarium2field.evaluation.metrics import confusion_counts, evaluate, group_masks
+from herbarium2field.scoring.metrics import confusion_counts, evaluate, group_masks
 from herbarium2field.viz.compare import comparison_markdown, comparison_table, plot_comparison
 from herbarium2field.viz.confusion import plot_confusion
 from herbarium2field.viz.curves import plot_training_curves, read_metrics

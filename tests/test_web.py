@@ -14,6 +14,7 @@ import pytest
 
 from herbarium2field.paths import project_root
 from tests.test_identify import test_photos
+from tests.test_run_contract import bundles, moved  # noqa: F401 (fixtures)
 from tests.test_serve import Server
 
 pytestmark = pytest.mark.browser
@@ -135,4 +136,29 @@ def test_phone_viewport_and_clear_errors(browser, site, photo, tmp_path):
     message = page.locator("#error").inner_text()
     assert "notes.jpg" in message and "not an image" in message
     assert page.locator(".result-card").count() == 5 and not page.locator("#results").is_visible()
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def bundle_site(bundles: dict[str, Path], moved: dict[str, Path],  # noqa: F811
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``h2f serve BUNDLE`` with the run (checkpoint) and its dataset moved out of reach."""
+    hidden = moved["run"].with_name("run-hidden-web")
+    moved["run"].rename(hidden)
+    srv = Server(bundles["folder"], tmp_path_factory.mktemp("web-bundle") / "server.log")
+    yield srv.url
+    srv.stop()
+    hidden.rename(moved["run"])
+
+
+def test_a_deployed_bundle_serves_the_page_with_its_sheets(browser, bundle_site, photo):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = identify_in_page(page, bundle_site, [photo])  # waits until every sheet thumbnail has loaded
+    assert page.locator(".result-card").count() == 5
+    assert page.locator(".result-card .sheet img").count() >= 5
+    sizes = page.evaluate("Array.from(document.querySelectorAll('.result-card .sheet img')).map(i => i.naturalWidth)")
+    assert min(sizes) > 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_bundle.png"), full_page=True)
+    assert errors == []
     page.close()

@@ -209,30 +209,54 @@ def prepare(
         raise typer.Exit(1)
 
 
-@app.command(epilog="Examples:\n\n  h2f train configs/demo_arcface.yaml --data demo/data --name demo_arcface\n\n"
+@app.command(epilog="Examples:\n\n  h2f train recommended_lite0_cpu --data ../shared/data/aml-sample --name rec\n\n"
+             "  h2f train configs/demo_arcface.yaml --data demo/data --name demo_arcface\n\n"
              "  h2f train configs/convnextv2_nano_arcface.yaml --data ../shared/data/aml --set train.epochs=40\n\n"
              "  h2f train configs/convnextv2_nano_arcface.yaml --set trainer.devices=4 --set trainer.strategy=ddp\n\n"
              "  h2f train --resume runs/demo_arcface")
 def train(
-    config: Annotated[Path | None, typer.Argument(help="Experiment YAML (see configs/).")] = None,
+    config: Annotated[str | None, typer.Argument(
+        help="Experiment YAML: a path, or the name of a packaged config (`h2f configs` lists them).")] = None,
     data: Annotated[str | None, typer.Option(help="Dataset root (overrides data.root).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name: writes runs/NAME (overrides name).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any setting: key.sub=value.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its last.ckpt.")] = None,
 ) -> None:
-    """Train a backbone + softmax/ArcFace head (PyTorch Lightning); writes runs/NAME/."""
+    """Train a backbone + softmax/ArcFace head (PyTorch Lightning); writes runs/NAME/ with everything
+    identification needs (prototypes, inference choice, calibration)."""
+    from herbarium2field.run.artefacts import InferenceChoice
+    from herbarium2field.run.card import read_card
     from herbarium2field.training.train import train_from_cli
 
     paths = train_from_cli(config, data=data, name=name, overrides=set_ or [], resume=resume)
+    if paths.inference.is_file():
+        console.print(f"inference: {InferenceChoice.load(paths.root, read_card(paths.root)).describe()}")
     console.print(f"run written to [bold]{paths.root}[/bold]")
+
+
+@app.command("configs", epilog="Examples:\n\n  h2f configs\n\n  h2f train recommended --data my_collection")
+def configs_command() -> None:
+    """List the experiment configs shipped with the package (usable by name in `h2f train NAME`)."""
+    from rich.table import Table
+
+    from herbarium2field.config import PACKAGED, packaged_configs
+
+    table = Table(title=f"packaged configs ({PACKAGED})", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("what")
+    for name, what in packaged_configs().items():
+        table.add_row(name, what)
+    console.print(table)
 
 
 @app.command(epilog="Examples:\n\n  h2f evaluate runs/demo_arcface\n\n"
              "  h2f evaluate runs/demo_arcface --mode both --prototype-source shifted\n\n"
              "  h2f evaluate runs/convnextv2_nano_arcface --split val --tta flip\n\n"
-             "  h2f evaluate runs/lite0_logreg  # a classic run from h2f fit-classic")
+             "  h2f evaluate runs/lite0_logreg  # a classic run from h2f fit-classic\n\n"
+             "  h2f evaluate my_team_run1.txt --data ../shared/data/aml  # a PlantCLEF run file, any system's")
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run directory (h2f train or h2f fit-classic).")],
+    run: Annotated[Path, typer.Argument(
+        help="Run directory (h2f train or h2f fit-classic), or a PlantCLEF run file (needs --data).")],
     data: Annotated[str | None, typer.Option(help="Dataset root (default: the one the run was trained on).")] = None,
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
     mode: Annotated[str | None, typer.Option(
@@ -244,14 +268,29 @@ def evaluate(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals (0 = none).")] = 1000,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip missing images.")] = False,
     workers: Annotated[int, typer.Option(help="Data loader processes.")] = 2,
+    backend: Annotated[str, typer.Option(help="auto | torch | onnx (needs h2f export).")] = "auto",
 ) -> None:
-    """Top-1/top-5/MRR overall, with pairs and without pairs (95% CIs), per class, confusions, predictions."""
+    """Top-1/top-5/MRR overall, with pairs and without pairs (95% CIs), genus level, per class, confusions."""
     from herbarium2field.cli_output import print_metrics
     from herbarium2field.evaluation.evaluate import evaluate_run
+    from herbarium2field.evaluation.runfile import evaluate_run_file
 
+    if run.is_file():
+        if data is None:
+            raise H2FError("scoring a run file needs --data ROOT, the dataset whose ground truth it answers",
+                           path=run)
+        score = evaluate_run_file(run, data=data, n_boot=n_boot)
+        print_metrics(console, score.result)
+        if score.missing_observations or score.unknown_observations:
+            console.print(f"[yellow]{score.missing_observations} test observation(s) missing from the file "
+                          f"(counted wrong), {score.unknown_observations} in the file but not in the ground "
+                          "truth[/yellow]")
+        console.print(f"written to [bold]{score.result.out_dir}[/bold]")
+        return
     for r in evaluate_run(run, data=data, split=split, mode=mode, tta=tta, prototype_source=prototype_source,
                           field_weight=field_weight, n_boot=n_boot, allow_missing=allow_missing, progress=True,
-                          num_workers=workers):
+                          num_workers=workers, backend=backend):
+        console.print(f"{r.mode}: {r.choice}", highlight=False)
         print_metrics(console, r)
         console.print(f"written to [bold]{r.out_dir}[/bold]")
 
@@ -318,8 +357,9 @@ def report(
 
 @app.command(epilog="Examples:\n\n  h2f index runs/demo_arcface\n\n"
              "  h2f index runs/convnextv2_nano_arcface --data ../shared/data/aml --force\n\n"
-             "Writes RUN/gallery/ (embeddings, thumbnails, faiss index) and RUN/calibration.json. Re-running is "
-             "cheap: both are rebuilt only when the checkpoint or the images change (or with --force).")
+             "Writes RUN/gallery/ (embeddings, thumbnails, faiss index); a run written by an older h2f also gets "
+             "what inference needs. Re-running is cheap: the gallery is rebuilt only when the model or the images "
+             "change (or with --force).")
 def index(
     run: Annotated[Path, typer.Argument(help="Run directory (h2f train or h2f fit-classic).")],
     data: Annotated[Path | None, typer.Option(help="Dataset root (default: the one the run was trained on).")] = None,
@@ -330,13 +370,16 @@ def index(
     workers: Annotated[int, typer.Option(help="Data loader processes.")] = 2,
 ) -> None:
     """Build the run's herbarium gallery (embeddings, thumbnails, faiss index) and calibrate its threshold."""
-    from herbarium2field.identify.calibrate import describe
     from herbarium2field.identify.commands import index_run
+    from herbarium2field.scoring.threshold import describe_threshold as describe
 
     if not 0 < target_precision <= 1:
         raise typer.BadParameter("--target-precision must be in (0, 1]")
     res = index_run(run, data=data, force=force, target=target_precision, batch_size=batch_size,
                     num_workers=workers)
+    if res.upgraded:
+        console.print("brought the run up to date (weights fingerprint, split, prototypes, inference choice, "
+                      "calibration): it no longer needs the dataset to identify")
     g = res.gallery
     if g.up_to_date:
         console.print(f"gallery [green]up to date[/green]: {g.images} herbarium sheets in {g.folder}")
@@ -352,23 +395,21 @@ def index(
 
 
 @app.command(epilog="Examples:\n\n  h2f calibrate runs/demo_arcface\n\n"
-             "  h2f calibrate runs/demo_arcface --target-precision 0.95 --force")
+             "  h2f calibrate runs/demo_arcface --target-precision 0.95\n\n"
+             "Needs only the run: the validation photos' outputs are stored in it at the end of training.")
 def calibrate(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
-    data: Annotated[Path | None, typer.Option(help="Dataset root (default: the one the run was trained on).")] = None,
+    run: Annotated[Path, typer.Argument(help="Run directory or bundle.")],
     target_precision: Annotated[float, typer.Option(help="Precision at rank 1 to reach on validation photos.")] = 0.9,
     force: Annotated[bool, typer.Option("--force", help="Recompute even if up to date.")] = False,
 ) -> None:
-    """Choose the 'no confident match' threshold on the run's validation photos (also done by h2f index)."""
-    from herbarium2field.identify.calibrate import calibrate_run, describe
-    from herbarium2field.identify.commands import dataset_for, run_card
-    from herbarium2field.identify.predictor import load_predictor
+    """Choose the 'no confident match' threshold on the run's validation photos (done at the end of training)."""
+    from herbarium2field.identify.calibrate import recalibrate
+    from herbarium2field.scoring.threshold import describe_threshold
 
     if not 0 < target_precision <= 1:
         raise typer.BadParameter("--target-precision must be in (0, 1]")
-    ds = dataset_for(run, run_card(run), data)
-    cal, fresh = calibrate_run(run, load_predictor(run), ds, target=target_precision, force=force, progress=True)
-    console.print(("[green]up to date[/green]: " if fresh else "") + describe(cal), highlight=False)
+    cal, fresh = recalibrate(run, target=target_precision, force=force)
+    console.print(("[green]up to date[/green]: " if fresh else "") + describe_threshold(cal), highlight=False)
     comb = cal.get("combination", {})
     for key, row in comb.items():
         if key.startswith("groups_of_"):
@@ -379,38 +420,44 @@ def calibrate(
 
 @app.command(epilog="Examples:\n\n  h2f identify runs/demo_arcface photo.jpg\n\n"
              "  h2f identify runs/demo_arcface leaf.jpg flower.jpg --top-k 3\n\n"
-             "  h2f identify runs/demo_arcface photo.jpg --json --backend onnx\n\n"
-             "Several photos are taken as photos of ONE plant and combined into one answer.")
+             "  h2f identify bundle.tar.gz photo.jpg --json\n\n"
+             "Several photos are taken as photos of ONE plant and combined into one answer. Needs the run (or a "
+             "bundle from `h2f export --format bundle`) with its gallery (`h2f index`), never the training data.")
 def identify(
-    run: Annotated[Path, typer.Argument(help="Run directory with a gallery (h2f index).")],
+    run: Annotated[Path, typer.Argument(help="Run directory with a gallery (h2f index), or a bundle.")],
     photos: Annotated[list[Path], typer.Argument(help="One or more field photos of the same plant.")],
     top_k: Annotated[int, typer.Option(help="Species to list.")] = 5,
     sheets: Annotated[int, typer.Option(help="Herbarium sheets shown per species.")] = 3,
     json_: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
-    backend: Annotated[str, typer.Option(help="torch | onnx (needs h2f export).")] = "torch",
+    backend: Annotated[str, typer.Option(help="auto (onnx for a bundle) | torch | onnx (needs h2f export).")] = "auto",
     combine: Annotated[str, typer.Option(
         help="How photos are combined: probabilities (mean) | geometric (mean of log-probabilities).")] = "probabilities",
+    species: Annotated[Path | None, typer.Option(
+        "--species", help="Checklist file: only these species are candidates (ids or names, one a line).")] = None,
 ) -> None:
     """Identify a plant from field photos: likely species with the herbarium sheets that back the answer."""
     import json as json_lib
 
-    from herbarium2field.identify.combine import COMBINE_METHODS
-    from herbarium2field.identify.commands import PhotoErrors, load_photos, run_card
+    from herbarium2field.identify.commands import PhotoErrors, load_photos
     from herbarium2field.identify.render import print_identification
     from herbarium2field.identify.service import Identifier, photo_min_side
+    from herbarium2field.run.bundle import open_run
+    from herbarium2field.run.card import read_card
+    from herbarium2field.scoring.combine import COMBINE_METHODS
 
     if combine not in COMBINE_METHODS:
         raise typer.BadParameter(f"--combine must be one of {', '.join(COMBINE_METHODS)}")
     if top_k < 1 or sheets < 0:
         raise typer.BadParameter("--top-k must be >= 1 and --sheets >= 0")
-    card = run_card(run)
+    folder = open_run(run)
+    card = read_card(folder)
     try:  # photos first: a bad photo is reported at once, before the model loads
         images, names = load_photos(photos, photo_min_side(card.preprocessing["input_size"]))
     except PhotoErrors as exc:
         for line in exc.lines:
             err_console.print(f"[bold red]error:[/bold red] {line}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
-    ident = Identifier(run, backend=backend)
+    ident = Identifier(folder, backend=backend, card=card, checklist=species)
     answer = ident.identify(images, names, top_k=top_k, sheets=sheets, method=combine)
     if json_:
         print(json_lib.dumps(answer, indent=2))
@@ -418,19 +465,71 @@ def identify(
         print_identification(console, answer)
 
 
+@app.command(epilog="Examples:\n\n  h2f predict runs/demo_arcface field_trip/ --out names.csv\n\n"
+             "  h2f predict bundle.tar.gz photos.csv --group-by plant_id --out names.parquet\n\n"
+             "  h2f predict runs/arcface ../shared/data/aml/test --format plantclef --out myteam_run1.txt\n\n"
+             "Killed? Run the same command again: finished chunks are kept and the file ends the same. Files "
+             "that are not images or cannot be read go to OUT.problems.csv and are skipped.")
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run directory, or a bundle (h2f export --format bundle).")],
+    input_: Annotated[Path, typer.Argument(
+        metavar="INPUT", help="A folder of photos (recursive), a text list of paths, or a CSV (path column).")],
+    out: Annotated[Path, typer.Option(help="Output: .csv or .parquet (a table), or a run file with --format plantclef.")],
+    format_: Annotated[str | None, typer.Option(
+        "--format", help="table (from OUT's extension) | plantclef (ObservationId;ClassId;Probability;Rank).")] = None,
+    group_by: Annotated[str | None, typer.Option(
+        help="CSV column whose equal values are photos of one plant (default: 'observation' if present).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Species per observation (default 5; 30 for plantclef).")] = None,
+    sheets: Annotated[int, typer.Option(help="Best herbarium sheets listed for the top species.")] = 3,
+    species: Annotated[Path | None, typer.Option(
+        "--species", help="Checklist file: only these species are candidates (ids or names, one a line).")] = None,
+    combine: Annotated[str, typer.Option(help="How an observation's photos combine: probabilities | geometric.")]
+    = "probabilities",
+    backend: Annotated[str, typer.Option(help="auto (onnx for a bundle) | torch | onnx.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Photos per forward pass.")] = 32,
+    workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
+    chunk_size: Annotated[int, typer.Option(help="Photos per chunk written (the unit of resuming).")] = 1024,
+    force: Annotated[bool, typer.Option("--force", help="Discard an unfinished prediction made differently.")] = False,
+) -> None:
+    """Name every photo (or observation) of a folder, list or CSV; write the answers to one file."""
+    from herbarium2field.identify.predict import predict_collection
+
+    rep = predict_collection(run, input_, out, fmt=format_, backend=backend, top_k=top_k, sheets=sheets,
+                             group_by=group_by, combine=combine, checklist=species, batch_size=batch_size,
+                             num_workers=workers, chunk_size=chunk_size, force=force)
+    console.print(f"{rep.out}: {rep.written} of {rep.observations} observations answered ({rep.photos} photos; "
+                  f"{rep.predicted_now} run now at {rep.images_per_s:,.1f} images/s, {rep.resumed_chunks} chunk(s) "
+                  f"kept from before)", highlight=False)
+    if rep.problems:
+        err_console.print(f"[yellow]{rep.problems} file(s) skipped[/yellow]: see {rep.problems_file}", highlight=False)
+
+
 @app.command(epilog="Examples:\n\n  h2f export runs/demo_arcface --format onnx\n\n"
-             "Writes RUN/export/model.onnx (+ meta.json), checked against PyTorch; then use --backend onnx "
-             "with h2f identify and h2f serve.")
+             "  h2f export runs/demo_arcface --format bundle deploy/demo_arcface\n\n"
+             "  h2f export runs/demo_arcface --format bundle demo_arcface.tar.gz\n\n"
+             "onnx writes RUN/export/model.onnx (+ meta.json), checked against PyTorch (then use --backend onnx). "
+             "bundle writes a folder or archive that `h2f serve` and `h2f identify` use on a machine without the "
+             "training data or the PyTorch checkpoint (run `h2f index RUN` first: the bundle carries the gallery).")
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
-    format_: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
-    force: Annotated[bool, typer.Option("--force", help="Re-export even if up to date.")] = False,
+    out: Annotated[Path | None, typer.Argument(help="Bundle folder or archive (.tar.gz, .tgz, .zip) to write.")] = None,
+    format_: Annotated[str, typer.Option("--format", help="onnx | bundle.")] = "onnx",
+    force: Annotated[bool, typer.Option("--force", help="Re-export even if up to date; replace OUT.")] = False,
 ) -> None:
-    """Export the run's model to ONNX for fast CPU inference with ONNX Runtime."""
-    if format_ != "onnx":
-        raise typer.BadParameter(f"unknown format {format_!r}; only onnx is supported")
-    from herbarium2field.identify.onnx_export import export_onnx
+    """Export the run's model to ONNX, or as a deployable bundle (ONNX model, prototypes, gallery, card)."""
+    from herbarium2field.identify.export import FORMATS, export_bundle, export_onnx
 
+    if format_ not in FORMATS:
+        raise typer.BadParameter(f"unknown format {format_!r}; use one of {', '.join(FORMATS)}")
+    if format_ == "bundle":
+        if out is None:
+            raise typer.BadParameter("--format bundle needs OUT, the folder or archive to write")
+        b = export_bundle(run, out, force=force)
+        console.print(f"bundle written to [bold]{b.path}[/bold]: {b.files} files, {b.bytes / 1e6:.1f} MB, "
+                      f"in {b.seconds:.1f} s (serve it with `h2f serve {b.path}`)", highlight=False)
+        return
+    if out is not None:
+        raise typer.BadParameter("OUT is for --format bundle; the ONNX export goes to RUN/export/")
     r = export_onnx(run, force=force)
     if r.up_to_date:
         console.print(f"[green]up to date[/green]: {r.path}")
@@ -445,17 +544,20 @@ def export(
              "Open http://127.0.0.1:8000/ for the web page, /docs for the API. Listens on localhost only unless "
              "--host says otherwise.")
 def serve(
-    run: Annotated[Path, typer.Argument(help="Run directory with a gallery (h2f index).")],
+    run: Annotated[Path, typer.Argument(help="Run directory with a gallery (h2f index), or a bundle.")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 exposes it to the network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="torch | onnx (needs h2f export).")] = "torch",
+    backend: Annotated[str, typer.Option(help="auto (onnx for a bundle) | torch | onnx (needs h2f export).")] = "auto",
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted photo, in MB.")] = 15.0,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: all cores).")] = None,
+    species: Annotated[Path | None, typer.Option(
+        "--species", help="Checklist file: restrict every answer to these species (ids or names, one a line).")] = None,
 ) -> None:
     """Serve identification over HTTP: a web page for people and a JSON API."""
     from herbarium2field.serve.app import run_server
 
-    run_server(run, host=host, port=port, backend=backend, max_upload_mb=max_upload_mb, threads=threads)
+    run_server(run, host=host, port=port, backend=backend, max_upload_mb=max_upload_mb, threads=threads,
+               checklist=species)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -473,6 +575,8 @@ def embed(
     weights: Annotated[str | None, typer.Option(
         help="Local weights file (state dict, timm, Lightning, PlantCLEF checkpoint) or efficientnet_lite0:offline.")] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained", help="Download timm hub weights instead.")] = False,
+    random_init: Annotated[bool, typer.Option(
+        "--random-init", help="Embed with a randomly initialised network (a control; never a baseline).")] = False,
     size: Annotated[int | None, typer.Option(help="Input size in px (default: the backbone's).")] = None,
     mean: Annotated[str | None, typer.Option(help="Override normalisation mean, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[str | None, typer.Option(help="Override normalisation std, e.g. 0.5,0.5,0.5.")] = None,
@@ -487,9 +591,10 @@ def embed(
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip unusable list entries.")] = False,
 ) -> None:
     """Embed every image (all splits) with a frozen network into a resumable feature cache."""
-    from herbarium2field.features.extract import ExtractorSpec, embed_dataset
+    from herbarium2field.features.extract import embed_dataset
+    from herbarium2field.models.frozen import ExtractorSpec
 
-    spec = ExtractorSpec(backbone=backbone, weights=weights, pretrained=pretrained, size=size,
+    spec = ExtractorSpec(backbone=backbone, weights=weights, pretrained=pretrained, random_init=random_init, size=size,
                          mean=_triple(mean, "--mean"), std=_triple(std, "--std"), run=run)
     rep = embed_dataset(data, out, spec, batch_size=batch_size, num_workers=workers, shard_size=shard_size,
                         dtype=dtype, force=force, max_images=limit, precision=precision,
@@ -584,7 +689,8 @@ def ablate(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
 ) -> None:
     """Train + evaluate every ingredient on/off on every benchmark; one table with CIs and training cost."""
-    from herbarium2field.experiments.ablation import load_plan, run_plan, write_results
+    from herbarium2field.experiments.ablation import run_plan, write_results
+    from herbarium2field.experiments.plan import load_plan
 
     p = load_plan(plan)
     rows = run_plan(p, work, only=only, n_boot=n_boot, log=console.print)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,12 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from herbarium2field.data.manifest import ERROR_KINDS, Dataset
+from herbarium2field.data.stats import summary
 from herbarium2field.errors import Problem, where
+from herbarium2field.scoring.metrics import GROUP_LABELS
 
 
 def print_dataset_overview(console: Console, ds: Dataset) -> None:
-    from herbarium2field.data.stats import summary
-
     s = summary(ds)
     table = Table(title=f"{ds.root} ({ds.layout} layout)", show_header=True)
     table.add_column("")
@@ -55,8 +56,6 @@ def write_problems_csv(problems: list[Problem], path: Path) -> None:
 
 
 def print_stats(console: Console, ds: Dataset) -> None:
-    from herbarium2field.data.stats import summary
-
     print_dataset_overview(console, ds)
     imb = summary(ds)["imbalance"]
     t = Table(title="class imbalance (training images per species)")
@@ -69,8 +68,6 @@ def print_stats(console: Console, ds: Dataset) -> None:
 
 def print_metrics(console: Console, result) -> None:  # type: ignore[no-untyped-def]
     """One evaluation (``EvalResult``) as a table: top-1/top-5/MRR with 95 % CIs per group."""
-    from herbarium2field.evaluation.metrics import GROUP_LABELS
-
     if result.metrics is None:
         console.print(f"[yellow]{result.run} ({result.mode}, {result.split}): no labels; predictions only[/yellow]")
         return
@@ -79,6 +76,9 @@ def print_metrics(console: Console, result) -> None:  # type: ignore[no-untyped-
         t.add_column(col, justify="left" if col == "group" else "right")
     for name, g in result.metrics["groups"].items():
         t.add_row(GROUP_LABELS.get(name, name), str(g["n"]), *(_pct(g, k) for k in ("top1", "top5", "mrr")))
+    for name, g in (result.metrics.get("genus") or {}).get("groups", {}).items():
+        t.add_row(f"genus, {GROUP_LABELS.get(name, name)}", str(g["n"]), *(_pct(g, k) for k in ("top1", "top5", "mrr")),
+                  style="dim")
     console.print(t)
 
 
@@ -92,8 +92,6 @@ def _pct(g: dict, key: str) -> str:
 
 def print_comparison(console: Console, table) -> None:  # type: ignore[no-untyped-def]
     """The ranked comparison in a terminal-sized table: top-1 / top-5 per species group, in percent."""
-    import math
-
     t = Table(title=f"ranked by {table.attrs.get('rank_by', '')}")
     for col in ("rank", "run", "mode"):
         t.add_column(col, justify="right" if col == "rank" else "left", no_wrap=True)

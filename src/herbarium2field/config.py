@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from herbarium2field.errors import ConfigError
+from herbarium2field.io import atomic_write_text
 
 
 class _Strict(BaseModel):
@@ -108,17 +109,40 @@ class TrainConfig(_Strict):
     domain_adversarial: float = 0.0  # gradient-reversal weight (0 = off)
 
 
-class InferenceConfig(_Strict):
-    """How the trained run ranks species by default (evaluation and identification).
+class BranchConfig(_Strict):
+    """How herbarium sheets are matched to photos for the herbarium-only branch (:mod:`herbarium2field.data.sheet_views`)."""
 
-    ``prototype`` ranks by cosine similarity to class prototypes built from the training embeddings;
-    ``shifted`` prototypes move herbarium-only species by the mean herbarium→field offset of the species
-    that have both (see :mod:`herbarium2field.evaluation.prototypes`).
+    colour: Literal["grey", "rgb"] = "grey"
+    erase: bool = True  # paint labels, barcodes and colour charts in the paper colour first
+    views: Literal["whole", "halves"] = "halves"
+    background: Literal["none", "plain"] = "none"
+
+
+class InferenceConfig(_Strict):
+    """How the trained run ranks species (evaluation and identification), decided at the end of training.
+
+    ``classifier``: the head (or the fitted classifier). ``prototype``: cosine similarity to class prototypes
+    from the training embeddings (``shifted`` moves herbarium-only species by the mean herbarium→field offset of
+    the species that have both, see :mod:`herbarium2field.scoring.prototypes`). ``auto``: the run chooses
+    between them by leave-species-out on its validation photos and keeps the classifier unless a prototype
+    ranking does better for herbarium-only species beyond noise without costing the others
+    (:mod:`herbarium2field.scoring.choice`). ``reserve``: places of the top 5 given to herbarium-only species
+    ranked by their sheets (the ``branch``, :mod:`herbarium2field.scoring.reserve`); ``genus_insert``: lift a
+    herbarium-only species to its best congener's log-probability minus this margin.
     """
 
-    mode: Literal["classifier", "prototype"] = "classifier"
+    mode: Literal["classifier", "prototype", "auto"] = "auto"
     prototype_source: Literal["herbarium", "field", "both", "weighted", "shifted", "calibrated"] = "shifted"
     field_weight: float = Field(0.5, ge=0.0, le=1.0)
+    reserve: int = Field(0, ge=0, le=4)
+    branch: BranchConfig | None = None
+    genus_insert: float | None = Field(None, ge=0.0)
+
+    @model_validator(mode="after")
+    def _branch_for_reserve(self) -> InferenceConfig:
+        if self.reserve and self.branch is None:
+            self.branch = BranchConfig()  # reserved places need a sheet match: the measured default
+        return self
 
 
 class TrainerConfig(_Strict):
@@ -154,9 +178,36 @@ class ExperimentConfig(_Strict):
         return self
 
 
+#: The configs shipped inside the package (``h2f configs`` lists them; ``h2f train NAME`` takes one by name).
+PACKAGED = Path(__file__).parent / "configs"
+
+
+def packaged_configs() -> dict[str, str]:
+    """``{name: first comment line}`` of every packaged config, sorted by name."""
+    out = {}
+    for f in sorted(PACKAGED.glob("*.yaml")):
+        first = next((line.lstrip("# ").strip() for line in f.read_text().splitlines() if line.startswith("#")), "")
+        out[f.stem] = first
+    return out
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file: an existing path, or the name of a packaged config (``recommended``, ``demo_softmax.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = PACKAGED / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if path.parent == Path(".") and packaged.is_file():
+        return packaged
+    names = ", ".join(packaged_configs())
+    raise ConfigError("config file not found (and not the name of a packaged config)", path=path,
+                      hint=f"packaged configs: {names} (`h2f configs` describes them)")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (or the defaults) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
-    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    """Read a YAML config (a path or a packaged name; none: the defaults) and apply ``key.sub=value`` overrides
+    (values parsed as YAML)."""
+    raw: dict[str, Any] = _read_yaml(resolve_config(path)) if path is not None else {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -208,6 +259,4 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the fully resolved config (every default spelled out) as YAML."""
-    from herbarium2field.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

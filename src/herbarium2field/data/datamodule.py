@@ -2,48 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from herbarium2field.config import ExperimentConfig
-from herbarium2field.data.cache import DEFAULT_SIZE, ImageSource
-from herbarium2field.data.datasets import DOMAIN_CODES, ImageTableDataset
+from herbarium2field.data.datasets import ImageTableDataset
+from herbarium2field.data.loaders import eval_loader, image_source, table_dataset
 from herbarium2field.data.manifest import Dataset, labels_of
-from herbarium2field.data.samplers import BalancedSampler
+from herbarium2field.data.samplers import BalancedSampler, EpochLoader
 from herbarium2field.data.split import validation_mask
-from herbarium2field.data.transforms import eval_transform, train_transform
-from herbarium2field.models.backbones import Preprocessing
-
-
-def image_source(ds: Dataset, *, cache: bool = True, size: int | None = None, min_size: int = 0) -> ImageSource:
-    """Where pixels come from: the `h2f prepare` cache when present and large enough, else the originals.
-
-    ``min_size`` is the short side the model needs: a cache smaller than that is not used.
-    """
-    return ImageSource(ds.root, size=max(size or DEFAULT_SIZE, min_size), use_cache=cache)
-
-
-def table_dataset(table: pd.DataFrame, source: ImageSource, class_index: dict[str, int],
-                  transforms: dict[int, Callable] | Callable, *, substitute: bool = True) -> ImageTableDataset:
-    return ImageTableDataset(
-        table.path.tolist(), labels_of(table, class_index),
-        [DOMAIN_CODES[str(d)] for d in table.domain], source, transforms, substitute=substitute)
-
-
-def eval_loader(table: pd.DataFrame, source: ImageSource, class_index: dict[str, int],
-                transform: Callable[[Image.Image], torch.Tensor], *, batch_size: int = 64,
-                num_workers: int = 2) -> DataLoader:
-    """An ordered loader over any table (test set, gallery, validation) for inference; unreadable images
-    come back flagged (negative row index), never replaced by another image."""
-    return DataLoader(table_dataset(table, source, class_index, transform, substitute=False), batch_size=batch_size,
-                      shuffle=False,
-                      num_workers=num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+from herbarium2field.data.transforms import Preprocessing, eval_transform, train_transform
 
 
 class H2FDataModule(L.LightningDataModule):
@@ -90,8 +60,6 @@ class H2FDataModule(L.LightningDataModule):
         return table_dataset(self.train_table, self.source, self.class_index, transforms)
 
     def train_dataloader(self) -> DataLoader:
-        from herbarium2field.data.samplers import EpochLoader
-
         d = self.cfg.data
         dataset = self.train_dataset()
         sampler = BalancedSampler(dataset.labels, dataset.domains, class_balance=d.sampler.class_balance,

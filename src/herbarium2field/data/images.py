@@ -122,7 +122,7 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
-def _describe_unknown(head: bytes) -> tuple[str, str]:
+def describe_unknown(head: bytes) -> tuple[str, str]:
     """A plain reason (and hint) for content that is not a supported image."""
     if len(head) >= 12 and head[4:8] == b"ftyp":
         brand = head[8:12]
@@ -263,7 +263,7 @@ def _open_checked(fp: BinaryIO, name: str | Path, max_pixels: int) -> Image.Imag
         raise ImageError("the file is empty (0 bytes)", path=name, hint=_HINT_REPLACE)
     kind = sniff_image_type(head)
     if kind is None:
-        reason, hint = _describe_unknown(head)
+        reason, hint = describe_unknown(head)
         raise ImageError(reason, path=name, hint=hint)
     fp.seek(0)
     try:

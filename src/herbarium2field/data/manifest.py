@@ -17,9 +17,11 @@ with file and line, so one run of ``h2f validate`` shows everything to fix. Rows
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,7 +29,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from herbarium2field.errors import H2FError, Problem
+from herbarium2field.data.images import check_image
+from herbarium2field.errors import H2FError, ImageError, Problem
 
 DOMAINS = ("herbarium", "field")
 SPLITS = ("train", "test")
@@ -150,8 +153,6 @@ def detect_layout(root: Path) -> tuple[str, Path]:
 
 def _refuse_interrupted_synth(root: Path) -> None:
     """A folder that ``h2f synth`` did not finish has images but no lists: say so instead of half-reading it."""
-    import json
-
     marker = root / ".h2f-synth.json"
     if marker.is_file():
         try:
@@ -436,8 +437,6 @@ def _check_images(root: Path, rows: list[_Row], problems: list[Problem], *, deco
 
 def find_unreadable(root: Path, rel_paths: list[str], *, workers: int = 0) -> dict[str, str]:
     """Decode every image (JPEG in draft mode, so it is cheap) and return ``{path: reason}`` for failures."""
-    from concurrent.futures import ProcessPoolExecutor
-
     paths = [str(root / p) for p in rel_paths]
     workers = workers or min(len(paths) // 64 + 1, os.cpu_count() or 1)
     if workers <= 1:
@@ -449,9 +448,6 @@ def find_unreadable(root: Path, rel_paths: list[str], *, workers: int = 0) -> di
 
 
 def _decode_reason(path: str) -> str | None:
-    from herbarium2field.data.images import check_image
-    from herbarium2field.errors import ImageError
-
     try:
         check_image(path)
     except ImageError as exc:

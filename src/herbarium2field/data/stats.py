@@ -6,6 +6,7 @@ described too.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from herbarium2field.data.manifest import Dataset
+from herbarium2field.viz.balance import plot_class_balance
 
 
 @dataclass(frozen=True)
@@ -110,10 +112,6 @@ def summary(ds: Dataset) -> dict:
 
 def write_stats(ds: Dataset, out: Path) -> dict[str, Path]:
     """Write ``class_counts.csv``, ``class_counts.md``, ``summary.json`` and ``class_balance.png`` to ``out``."""
-    import json
-
-    from herbarium2field.viz.balance import plot_class_balance
-
     out.mkdir(parents=True, exist_ok=True)
     counts = class_counts(ds)
     paths = {

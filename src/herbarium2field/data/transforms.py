@@ -3,13 +3,15 @@
 Herbarium sheets and field photos get different augmentations because they differ differently: sheets
 are flat, upright-agnostic scans (vertical flips and 90° turns are harmless) whose colours are faded;
 photos are upright scenes under varied light. Normalisation and size come from the backbone's
-pretrained_cfg via :class:`~herbarium2field.models.backbones.Preprocessing`.
+pretrained_cfg, recorded in :class:`Preprocessing`.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,7 +21,28 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms as T
 
 from herbarium2field.config import AugmentConfig
-from herbarium2field.models.backbones import Preprocessing
+from herbarium2field.data.appearance import appearance_transfer_steps
+
+
+@dataclass
+class Preprocessing:
+    """What a model expects of its input; stored in the model card so every later command agrees."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(int(d["input_size"]), tuple(d["mean"]), tuple(d["std"]),  # type: ignore[arg-type]
+                   d.get("interpolation", "bicubic"), float(d.get("crop_pct", 0.875)))
+
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -49,8 +72,6 @@ def train_transform(aug: AugmentConfig, pre: Preprocessing, *, domain: str,
     """
     steps: list[Callable] = []
     if domain == "herbarium":
-        from herbarium2field.data.appearance import appearance_transfer_steps
-
         steps += appearance_transfer_steps(aug, field_pool=field_pool, loader=loader)
     steps.append(RandomResizedCropAndInterpolation(pre.input_size, scale=aug.scale, ratio=aug.ratio,
                                                    interpolation=pre.interpolation))

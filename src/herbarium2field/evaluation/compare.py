@@ -9,19 +9,21 @@ from typing import Any
 import pandas as pd
 
 from herbarium2field.errors import H2FError
+from herbarium2field.evaluation.evaluate import evaluate_run
 from herbarium2field.io import atomic_write_text
+from herbarium2field.run.paths import RunPaths
+from herbarium2field.viz.compare import comparison_markdown, comparison_table, plot_comparison
 
 
 def collect_results(runs: list[Path], *, split: str = "test", evaluate_missing: bool = True) -> list[dict[str, Any]]:
     """Every ``eval/<split>-*/metrics.json`` of the runs; a run never evaluated on ``split`` is evaluated."""
     rows: list[dict[str, Any]] = []
     for run in runs:
-        files = sorted((run / "eval").glob(f"{split}-*/metrics.json"))
+        evals = RunPaths(run).eval_root
+        files = sorted(evals.glob(f"{split}-*/metrics.json"))
         if not files and evaluate_missing:
-            from herbarium2field.evaluation.evaluate import evaluate_run
-
-            evaluate_run(run, split=split, mode="classifier")
-            files = sorted((run / "eval").glob(f"{split}-*/metrics.json"))
+            evaluate_run(run, split=split)
+            files = sorted(evals.glob(f"{split}-*/metrics.json"))
         for f in files:
             m = json.loads(f.read_text())
             if m.get("labelled", True):
@@ -34,8 +36,6 @@ def collect_results(runs: list[Path], *, split: str = "test", evaluate_missing: 
 def compare(runs: list[Path], out: Path, *, split: str = "test", rank_by: str = "top1_without_pairs"
             ) -> tuple[pd.DataFrame, str, Path]:
     """Write ``comparison.md``, ``comparison.csv`` and ``comparison.png`` to ``out``; return table and markdown."""
-    from herbarium2field.viz.compare import comparison_markdown, comparison_table, plot_comparison
-
     rows = collect_results(runs, split=split)
     table = comparison_table(rows, rank_by=rank_by)
     md = comparison_markdown(table)

@@ -7,17 +7,23 @@ Output: ``runs/<name>/eval/<split>-<mode>[-tta]/`` with ``metrics.json``, ``per_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from herbarium2field.errors import H2FError
-from herbarium2field.evaluation import metrics as M
-from herbarium2field.evaluation.outputs import SplitOutputs, inference_config, split_outputs
-from herbarium2field.evaluation.prototypes import SOURCES, prototype_scores, run_prototypes
+from herbarium2field.evaluation.outputs import SplitOutputs, split_outputs
 from herbarium2field.io import atomic_write_text, write_json
+from herbarium2field.run.artefacts import InferenceChoice, ValidationSet, load_class_means
+from herbarium2field.run.load import RunModel, load_model
+from herbarium2field.run.paths import RunPaths
+from herbarium2field.scoring import metrics as M
+from herbarium2field.scoring.combine import log_probabilities
+from herbarium2field.scoring.prototypes import SOURCES, calibrate_shift
+from herbarium2field.scoring.taxonomy import Taxonomy
+from herbarium2field.viz.confusion import plot_confusion
 
 MODES = ("classifier", "prototype", "both")
 
@@ -25,58 +31,84 @@ MODES = ("classifier", "prototype", "both")
 @dataclass
 class EvalResult:
     run: str
-    mode: str  # "classifier" or "prototype[-source]"
+    mode: str  # "classifier" or "prototype-<source>"
     split: str
     out_dir: Path
     metrics: dict[str, Any] | None  # None for an unlabelled split (predictions only)
+    choice: str = ""  # how the scores were ranked, for people
 
     def as_row(self) -> dict[str, Any]:
         return {"run": self.run, "mode": self.mode, "split": self.split, "metrics": self.metrics}
 
 
-def mode_scores(outputs: SplitOutputs, mode: str, *, run: Path, data: str | Path | None, source: str = "both",
-                field_weight: float = 0.5, allow_missing: bool = False, progress: bool = False,
-                num_workers: int = 2) -> np.ndarray:
-    """Score matrix for one mode: the head's scores, or cosine similarity to training prototypes."""
-    if mode == "classifier":
-        return outputs.scores
-    if source not in SOURCES:
-        raise H2FError(f"unknown prototype source {source!r}; choose from {', '.join(SOURCES)}")
-    protos = run_prototypes(run, source=source, field_weight=field_weight, data=data, progress=progress,
-                            allow_missing=allow_missing, num_workers=num_workers)
-    return prototype_scores(outputs.embeddings, protos)
+def ranking_choices(model: RunModel, mode: str | None = None, prototype_source: str | None = None,
+                    field_weight: float | None = None) -> list[InferenceChoice]:
+    """The rankings to evaluate: the run's own choice by default, or the modes asked for.
+
+    ``prototype`` defaults to the run's prototype source when it ranks by prototypes (else ``both``); a
+    ``calibrated`` source not chosen at training is calibrated here on the run's validation photos.
+    """
+    own = model.choice
+    assert own is not None
+    if mode is None and prototype_source is None and field_weight is None:
+        return [own]
+    mode = mode or own.mode
+    if mode not in MODES:
+        raise H2FError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    out = []
+    if mode in ("classifier", "both"):
+        out.append(InferenceChoice(mode="classifier", label="classifier", scale=own.scale))
+    if mode in ("prototype", "both"):
+        own_source = own.label.partition("-")[2] if own.mode == "prototype" else None
+        source = prototype_source or own_source or "both"
+        if source not in SOURCES:
+            raise H2FError(f"unknown prototype source {source!r}; choose from {', '.join(SOURCES)}")
+        if source == own_source and field_weight is None:
+            out.append(own)
+        elif source == "calibrated":
+            val = ValidationSet.load(model.run, model.card)
+            field = val.domains == 1
+            ev = calibrate_shift(load_class_means(model.run, model.card), val.embeddings[field], val.labels[field])
+            out.append(InferenceChoice(mode="prototype", prototype_source="shifted",
+                                       field_weight=float(ev["field_weight"]), shift=float(ev["shift"]),  # type: ignore[arg-type]
+                                       scale=own.scale, label="prototype-calibrated", evidence=ev))
+        else:
+            fw = own.field_weight if field_weight is None else field_weight
+            out.append(InferenceChoice(mode="prototype", prototype_source=source, field_weight=fw,
+                                       scale=own.scale, label=f"prototype-{source}"))
+    return out
 
 
 def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str = "test", mode: str | None = None,
                  tta: str | None = None, prototype_source: str | None = None, field_weight: float | None = None,
                  n_boot: int = 1000, seed: int = 0, allow_missing: bool = False, progress: bool = False,
-                 num_workers: int = 2) -> list[EvalResult]:
-    """Evaluate a run directory; one :class:`EvalResult` per mode (two for ``both``).
+                 num_workers: int = 2, backend: str = "auto") -> list[EvalResult]:
+    """Evaluate a run directory; one :class:`EvalResult` per ranking (two for ``--mode both``).
 
-    ``mode``, ``prototype_source`` and ``field_weight`` default to the run's ``inference:`` config.
+    By default the run ranks species as it decided at the end of training (``inference.json``).
     """
-    run = Path(run)
-    inf = inference_config(run)
-    mode = mode or inf.mode
-    prototype_source = prototype_source or (inf.prototype_source if inf.mode == "prototype" else "both")
-    field_weight = inf.field_weight if field_weight is None else field_weight
-    if mode not in MODES:
-        raise H2FError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    outputs = split_outputs(run, split, data=data, tta=tta, allow_missing=allow_missing, progress=progress,
+    model = load_model(run, backend)
+    run = model.run
+    choices = ranking_choices(model, mode, prototype_source, field_weight)
+    outputs = split_outputs(model, split, data=data, tta=tta, allow_missing=allow_missing, progress=progress,
                             num_workers=num_workers)
     results = []
-    for m in (("classifier", "prototype") if mode == "both" else (mode,)):
-        scores = mode_scores(outputs, m, run=run, data=data, source=prototype_source, field_weight=field_weight,
-                             allow_missing=allow_missing, progress=progress, num_workers=num_workers)
-        name = m if m == "classifier" else f"prototype-{prototype_source}"
-        out_dir = run / "eval" / f"{split}-{name}{'-tta-' + tta if tta else ''}"
-        results.append(write_evaluation(outputs, scores, out_dir, run_name=run.name, mode=name, n_boot=n_boot,
-                                        seed=seed, tta=tta))
+    for ch in choices:
+        scores = model.scorer_for(ch)(outputs.embeddings, outputs.logits, outputs.table.domain.astype(str).to_numpy())
+        bad = np.isnan(scores).any(axis=1)  # unreadable (allow_missing): every species equal, ranked last
+        scores[bad] = 0.0
+        out_dir = RunPaths(run).eval_dir(split, ch.label, tta)
+        ranking = {k: v for k, v in asdict(ch).items() if k != "model"}
+        res = write_evaluation(outputs, scores, out_dir, run_name=run.name, mode=ch.label, n_boot=n_boot,
+                               seed=seed, tta=tta, ranking=ranking, score_kind=model.scorer_for(ch).kind)
+        res.choice = ch.describe()
+        results.append(res)
     return results
 
 
 def write_evaluation(outputs: SplitOutputs, scores: np.ndarray, out_dir: Path, *, run_name: str, mode: str,
-                     n_boot: int = 1000, seed: int = 0, tta: str | None = None) -> EvalResult:
+                     n_boot: int = 1000, seed: int = 0, tta: str | None = None,
+                     ranking: dict[str, Any] | None = None, score_kind: str = "logits") -> EvalResult:
     """Write every artefact of one evaluation and return its metrics."""
     card = outputs.card
     labels = outputs.labels
@@ -97,15 +129,14 @@ def write_evaluation(outputs: SplitOutputs, scores: np.ndarray, out_dir: Path, *
     with_pairs = outputs.with_pairs[labelled]
     groups = {"with_pairs": with_pairs & (labels >= 0), "without_pairs": ~with_pairs & (labels >= 0)}
     result = M.evaluate(scores, labels, groups, ks=(1, 3, 5, 10), n_boot=n_boot, seed=seed)
+    result["genus"] = genus_metrics(scores, labels, groups, card.taxonomy(), score_kind, n_boot=n_boot, seed=seed)
     result.update({"run": run_name, "mode": mode, "split": outputs.split, "tta": tta, "labelled": True,
-                   "n_unlabelled_skipped": int((~labelled).sum())})
+                   "n_unlabelled_skipped": int((~labelled).sum()), "ranking": ranking})
     write_json(out_dir / "metrics.json", result)
     per_class = M.per_class(scores, labels, card.class_ids, species, card.with_pairs)
     atomic_write_text(out_dir / "per_class.csv", per_class.to_csv(index=False))
     confusions = M.top_confusions(scores, labels, card.class_ids, species, n=25)
     atomic_write_text(out_dir / "confusions.csv", confusions.to_csv(index=False))
-    from herbarium2field.viz.confusion import plot_confusion
-
     known = labels >= 0
     top1 = M.topk_order(scores[known], labels[known], 1)[:, 0]  # the metrics' tie rule, not argmax's
     plot_confusion(labels[known], top1, card.class_ids, species, card.with_pairs, out_dir / "confusion.png")
@@ -121,11 +152,24 @@ def _fmt(g: dict[str, Any], key: str) -> str:
     return f"{100 * v:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * v:.1f}"
 
 
+def genus_metrics(scores: np.ndarray, labels: np.ndarray, groups: dict[str, np.ndarray], taxonomy: Taxonomy,
+                  score_kind: str, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Top-1/top-5/MRR of the genus answer (a genus's probability = the sum of its species'), per group."""
+    probs = np.exp(log_probabilities(scores, score_kind))
+    res = M.evaluate(taxonomy.genus_probabilities(probs), taxonomy.genus_labels(labels), groups, ks=(1, 5),
+                     n_boot=n_boot, seed=seed)
+    res["n_genera"] = taxonomy.num_genera
+    return res
+
+
 def metrics_markdown(result: dict[str, Any]) -> str:
-    """Top-1/top-5/MRR per group with 95 % CIs, as a Markdown table."""
+    """Top-1/top-5/MRR per group with 95 % CIs, as a Markdown table (genus rows too, when measured)."""
     lines = ["| group | n | top-1 % | top-5 % | MRR % | macro top-1 % |", "| --- | ---: | --- | --- | --- | --- |"]
     for name, g in result["groups"].items():
         lines.append(f"| {M.GROUP_LABELS.get(name, name)} | {g['n']} | {_fmt(g, 'top1')} | {_fmt(g, 'top5')} | "
+                     f"{_fmt(g, 'mrr')} | {_fmt(g, 'macro_top1')} |")
+    for name, g in (result.get("genus") or {}).get("groups", {}).items():
+        lines.append(f"| genus, {M.GROUP_LABELS.get(name, name)} | {g['n']} | {_fmt(g, 'top1')} | {_fmt(g, 'top5')} | "
                      f"{_fmt(g, 'mrr')} | {_fmt(g, 'macro_top1')} |")
     return "\n".join(lines)
 

@@ -9,11 +9,18 @@ import json
 import re
 from pathlib import Path
 
+import markdown
 import yaml
 
-from herbarium2field.evaluation.evaluate import metrics_markdown
+from herbarium2field.data.manifest import read_dataset
+from herbarium2field.data.stats import class_counts, imbalance, summary
+from herbarium2field.evaluation.evaluate import evaluate_run, metrics_markdown
+from herbarium2field.evaluation.tsne_runs import tsne_runs
 from herbarium2field.io import atomic_write_text
-from herbarium2field.training.run_dir import ModelCard, RunPaths
+from herbarium2field.run.card import ModelCard, read_card
+from herbarium2field.run.paths import RunPaths
+from herbarium2field.viz.balance import plot_class_balance
+from herbarium2field.viz.curves import plot_training_curves
 
 HTML_STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1100px; margin: 2rem auto;
@@ -29,23 +36,17 @@ def build_report(run: str | Path, *, split: str = "test", with_tsne: bool = True
     """Write ``runs/<name>/report.md`` and ``report.html``; evaluates the run first if it never was."""
     run = Path(run)
     paths = RunPaths(run)
-    card = ModelCard.load(paths.card)
-    if not list((run / "eval").glob(f"{split}-*/metrics.json")):
-        from herbarium2field.evaluation.evaluate import evaluate_run
-
+    card = read_card(run)
+    if not list(paths.eval_root.glob(f"{split}-*/metrics.json")):
         evaluate_run(run, split=split, mode="both")
-    figures = run / "figures"
+    figures = paths.figures
     sections = [f"# {card.name}", "", _summary(card), ""]
     sections += _dataset_section(card, figures)
     if paths.metrics.is_file():
-        from herbarium2field.viz.curves import plot_training_curves
-
         plot_training_curves(paths.metrics, figures / "training_curves.png", title=f"{card.name}: training")
         sections += ["## Training curves", "", "![training curves](figures/training_curves.png)", ""]
     sections += _metrics_section(run, split)
     if with_tsne:
-        from herbarium2field.evaluation.tsne_runs import tsne_runs
-
         numbers = tsne_runs([run], figures, split="all")["numbers"]["runs"][0]
         sections += ["## Embeddings (t-SNE)", "",
                      f"Silhouette by species {_num(numbers['silhouette'])}, domain mixing "
@@ -53,8 +54,8 @@ def build_report(run: str | Path, *, split: str = "test", with_tsne: bool = True
                      "neighbours that are herbarium sheets of its own species).", "", "![t-SNE](figures/tsne.png)", ""]
     sections += _config_section(paths)
     md = "\n".join(sections)
-    md_path = atomic_write_text(run / "report.md", md)
-    html_path = atomic_write_text(run / "report.html", to_html(md, run, title=f"h2f report: {card.name}"))
+    md_path = atomic_write_text(paths.report_md, md)
+    html_path = atomic_write_text(paths.report_html, to_html(md, run, title=f"h2f report: {card.name}"))
     return md_path, html_path
 
 
@@ -79,10 +80,6 @@ def _dataset_section(card: ModelCard, figures: Path) -> list[str]:
     root = card.dataset.get("root")
     if not root or not Path(root).exists():
         return ["## Dataset", "", f"`{root}` (not available here).", ""]
-    from herbarium2field.data.manifest import read_dataset
-    from herbarium2field.data.stats import class_counts, imbalance, summary
-    from herbarium2field.viz.balance import plot_class_balance
-
     ds = read_dataset(root, check="none", allow_missing=True)
     s, imb = summary(ds), imbalance(class_counts(ds))
     plot_class_balance(class_counts(ds), figures / "class_balance.png", title=f"Training images per species: {root}")
@@ -96,7 +93,7 @@ def _dataset_section(card: ModelCard, figures: Path) -> list[str]:
 
 def _metrics_section(run: Path, split: str) -> list[str]:
     out = [f"## Results on the {split} split", ""]
-    for f in sorted((run / "eval").glob(f"{split}-*/metrics.json")):
+    for f in sorted(RunPaths(run).eval_root.glob(f"{split}-*/metrics.json")):
         m = json.loads(f.read_text())
         if not m.get("labelled", True):
             out += [f"### {f.parent.name}", "", m.get("note", ""), ""]
@@ -121,8 +118,6 @@ def _config_section(paths: RunPaths) -> list[str]:
 
 def to_html(md: str, base: Path, *, title: str) -> str:
     """Markdown → one self-contained HTML page: every local PNG is inlined as a data URI."""
-    import markdown
-
     body = markdown.markdown(md, extensions=["tables", "fenced_code"])
 
     def inline(match: re.Match[str]) -> str:

@@ -9,18 +9,19 @@ import numpy as np
 
 from herbarium2field.evaluation.outputs import SplitOutputs, split_outputs
 from herbarium2field.io import write_json
+from herbarium2field.run.load import load_model
+from herbarium2field.viz.tsne import plot_tsne, save_tsne_csv, tsne_panel
 
 
 def _outputs(run: Path, split: str, data: str | None) -> list[SplitOutputs]:
+    model = load_model(run)
     splits = ["train", "test"] if split == "all" else [split]
-    return [split_outputs(run, s, data=data, progress=True) for s in splits]
+    return [split_outputs(model, s, data=data, progress=True) for s in splits]
 
 
 def tsne_runs(runs: list[Path], out: Path, *, split: str = "test", perplexity: float = 30.0, seed: int = 0,
               data: str | None = None, color_by: str = "species", layout: str = "rows") -> dict:
     """Write ``tsne.png``, ``tsne.csv`` (2-D coordinates) and ``tsne.json`` (silhouette, domain mixing)."""
-    from herbarium2field.viz.tsne import plot_tsne, save_tsne_csv, tsne_panel
-
     panels = []
     for run in runs:
         outs = _outputs(run, split, data)

@@ -16,80 +16,22 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import torch
 
+from herbarium2field.config import load_config
+from herbarium2field.data.derive import drop_field_photos
+from herbarium2field.data.synth import generate_dataset
 from herbarium2field.errors import ConfigError
+from herbarium2field.evaluation.evaluate import evaluate_run
+from herbarium2field.experiments.plan import Benchmark, Plan, Variant
+from herbarium2field.experiments.verdict import verdict_markdown, verdicts
 from herbarium2field.io import atomic_write_text, write_json
+from herbarium2field.run.paths import RunPaths
 from herbarium2field.system import load_average
-
-
-@dataclass
-class Benchmark:
-    name: str
-    kind: str  # "synth" | "dataset" | "drop_pairs"
-    config: str  # base experiment config (relative to the plan file)
-    params: dict[str, Any] = field(default_factory=dict)
-    overrides: list[str] = field(default_factory=list)
-    description: str = ""
-    variants: list[str] | None = None  # run only these variants here (a costly benchmark); None: all
-    requires: str | None = None  # "gpu": skipped (and listed as not run) where no CUDA device is present
-
-
-@dataclass
-class Variant:
-    name: str
-    overrides: list[str] = field(default_factory=list)
-    mode: str = "classifier"  # or "prototype-<source>"
-    description: str = ""
-    reuse: str | None = None  # evaluate another variant's run (an evaluation-only ingredient)
-
-
-@dataclass
-class Verdict:
-    """Which variant must beat which, by a paired-bootstrap interval that excludes zero."""
-
-    candidate: str = "recommended"
-    baselines: list[str] = field(default_factory=lambda: ["softmax", "arcface"])
-    repeats: list[str] = field(default_factory=list)  # the same recipe at other training seeds: the noise
-
-
-@dataclass
-class Plan:
-    path: Path
-    benchmarks: list[Benchmark]
-    variants: list[Variant]
-    verdict: Verdict | None = None
-
-
-def load_plan(path: str | Path) -> Plan:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("ablation plan not found", path=path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    try:
-        benches = [Benchmark(name=k, **v) for k, v in raw["benchmarks"].items()]
-        variants = [Variant(name=k, **(v or {})) for k, v in raw["variants"].items()]
-        verdict = Verdict(**raw["verdict"]) if raw.get("verdict") else None
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"a plan needs 'benchmarks' and 'variants' mappings ({exc})", path=path) from None
-    names = {v.name for v in variants}
-    if verdict:
-        unknown = sorted({verdict.candidate, *verdict.baselines, *verdict.repeats} - names)
-        if unknown:
-            raise ConfigError(f"verdict names unknown variants: {', '.join(unknown)}", path=path)
-    for b in benches:
-        unknown = sorted(set(b.variants or []) - names)
-        if unknown:
-            raise ConfigError(f"benchmark {b.name} lists unknown variants: {', '.join(unknown)}", path=path)
-        if b.requires not in (None, "gpu"):
-            raise ConfigError(f"benchmark {b.name}: requires must be 'gpu' or absent", path=path)
-        if b.kind not in ("synth", "dataset", "drop_pairs"):
-            raise ConfigError(f"benchmark {b.name}: kind must be synth, dataset or drop_pairs", path=path)
-    return Plan(path, benches, variants, verdict)
+from herbarium2field.training.train import train
 
 
 def prepare_data(b: Benchmark, work: Path, plan_dir: Path) -> Path:
@@ -100,12 +42,8 @@ def prepare_data(b: Benchmark, work: Path, plan_dir: Path) -> Path:
     if (out / "list" / "train.txt").is_file():
         return out
     if b.kind == "synth":
-        from herbarium2field.data.synth import generate_dataset
-
         generate_dataset(out, workers=0, **b.params)
     else:
-        from herbarium2field.data.derive import drop_field_photos
-
         p = dict(b.params)
         drop_field_photos(_resolve(plan_dir, p.pop("root")), out, **p)
     return out
@@ -123,27 +61,24 @@ def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: in
     ``trained_as`` is the variant whose run ``v`` reuses (``v.reuse``): its overrides define the training.
     """
     recipe = trained_as or v
-    from herbarium2field.config import load_config
-    from herbarium2field.evaluation.evaluate import evaluate_run
-    from herbarium2field.training.train import train
-
     data = prepare_data(b, work, plan_dir)
     runs = work / "runs" / b.name
     run = runs / (v.reuse or v.name)
+    paths = RunPaths(run)
     result_file = runs / f"{v.name}.ablation.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    if not (run / "checkpoints" / "best.ckpt").is_file() or not (run / "model_card.json").is_file():
+    if not paths.inference.is_file() or not paths.card.is_file():
         cfg = load_config(_resolve(plan_dir, b.config),
                           [f"data.root={data}", f"name={run.name}", *b.overrides, *recipe.overrides])
         start = time.perf_counter()
-        resume = run if (run / "checkpoints" / "last.ckpt").is_file() else None
+        resume = run if paths.last.is_file() else None
         train(cfg, resume=resume, progress=False, runs_root=runs)
         minutes = (time.perf_counter() - start) / 60
         # The load average says whether other jobs shared the CPU (and so inflated the cost columns).
-        write_json(run / "train_time.json", {"minutes": minutes, "resumed": resume is not None,
-                                             "load_average_1min": _rounded(load_average())})
-    timing = json.loads((run / "train_time.json").read_text()) if (run / "train_time.json").is_file() else {}
+        write_json(paths.train_time, {"minutes": minutes, "resumed": resume is not None,
+                                      "load_average_1min": _rounded(load_average())})
+    timing = json.loads(paths.train_time.read_text()) if paths.train_time.is_file() else {}
     minutes = timing.get("minutes")
     mode, _, source = v.mode.partition("-")
     (res,) = evaluate_run(run, mode=mode, prototype_source=source or "both", n_boot=n_boot)
@@ -160,7 +95,7 @@ def _rounded(x: float | None) -> float | None:
 
 def _throughput(run: Path) -> float | None:
     """Mean training images/s over the fine-tuning epochs (the costly stage)."""
-    f = run / "metrics.csv"
+    f = RunPaths(run).metrics
     if not f.is_file():
         return None
     with f.open() as h:
@@ -199,8 +134,6 @@ def run_plan(plan: Plan, work: Path, *, only: list[str] | None = None, n_boot: i
 
 
 def _has_gpu() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -248,8 +181,6 @@ def ablation_markdown(rows: list[dict[str, Any]], plan: Plan, *, work: Path | No
                     f"*Not run: needs a GPU.* On a machine with one: `h2f ablate {plan.path.as_posix()} --only {b.name}`.", ""]
     out += ["Variants:", ""] + [f"- **{k}**: {v}" for k, v in descr.items() if v] + [""]
     if plan.verdict and work is not None:
-        from herbarium2field.experiments.verdict import verdict_markdown
-
         out += verdict_markdown(rows, plan, work, n_boot=n_boot)
     return "\n".join(out)
 
@@ -258,7 +189,5 @@ def write_results(rows: list[dict[str, Any]], plan: Plan, out: Path, *, work: Pa
                   n_boot: int = 1000) -> Path:
     write_json(out.with_suffix(".json"), rows)
     if plan.verdict and work is not None:
-        from herbarium2field.experiments.verdict import verdicts
-
         write_json(out.with_name(out.stem + "_verdict.json"), verdicts(rows, plan, work, n_boot=n_boot))
     return atomic_write_text(out, ablation_markdown(rows, plan, work=work, n_boot=n_boot))

@@ -8,12 +8,13 @@ other training seeds, so that a difference can be told from training noise.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from herbarium2field.experiments.ablation import Plan
+from herbarium2field.experiments.plan import Plan
+from herbarium2field.run.paths import RunPaths
+from herbarium2field.scoring.metrics import paired_diff
 
 GROUPS = ("overall", "with_pairs", "without_pairs")
 
@@ -22,7 +23,7 @@ def _hits(work: Path, plan: Plan, row: dict[str, Any]) -> pd.DataFrame:
     """Per test image of one cell: top-1 hit and species group (from the cell's saved evaluation)."""
     reuse = {v.name: v.reuse for v in plan.variants}
     run = work / "runs" / row["benchmark"] / (reuse.get(row["variant"]) or row["variant"])
-    ev = run / "eval" / f"test-{row['mode']}"
+    ev = RunPaths(run).eval_dir("test", row["mode"])
     pred = pd.read_csv(ev / "predictions.csv", dtype={"true_class_id": str})
     group = pd.read_csv(ev / "per_class.csv", dtype={"class_id": str}).set_index("class_id")["group"]
     return pd.DataFrame({"image": pred["image"], "hit": pred["correct@1"].astype(float),
@@ -32,8 +33,6 @@ def _hits(work: Path, plan: Plan, row: dict[str, Any]) -> pd.DataFrame:
 def verdicts(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_boot: int = 1000) -> list[dict[str, Any]]:
     """Candidate minus each baseline, per benchmark and group: top-1 difference with a paired 95 % CI,
     and the spread of the repeated (other-seed) runs so a difference can be read against training noise."""
-    from herbarium2field.evaluation.metrics import paired_diff
-
     assert plan.verdict is not None
     v = plan.verdict
     out = []

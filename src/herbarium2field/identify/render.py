@@ -36,8 +36,19 @@ def print_identification(console: Console, answer: dict[str, Any]) -> None:
             name.append(" (herbarium only)", style="dim")
         table.add_row(str(r["rank"]), name, r["class_id"], confidence_bar(r["score"]), sheets)
     console.print(table)
-    style = {True: "bold green", False: "bold yellow", None: "bold"}[answer["confident"]]
+    genus_level = (answer.get("answer") or {}).get("level") == "genus"
+    style = "bold green" if genus_level else {True: "bold green", False: "bold yellow", None: "bold"}[answer["confident"]]
     console.print(Text(answer["message"], style=style))
+    g = answer.get("genus")
+    if g:
+        line = Text("genus: ") + Text(g["name"], style="italic") + Text(f" {g['score']:.1%}")
+        if g.get("family"):
+            line.append(f", family {g['family']}")
+        line.append(f" ({len(g['species'])} species of it known to the model)", style="dim")
+        console.print(line)
+    if answer.get("checklist"):
+        console.print(Text(f"restricted to a checklist of {answer['checklist']['species']} species "
+                           f"({answer['checklist']['source']})", style="dim"))
     if answer.get("threshold"):
         console.print(Text(answer["threshold"]["text"], style="dim"))
     if answer["results"] and answer["results"][0]["herbarium"]:

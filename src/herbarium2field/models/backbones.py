@@ -6,12 +6,12 @@ one exception recorded here: weights whose provenance implies another normalisat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import timm
 from torch import nn
 
+from herbarium2field.data.transforms import Preprocessing
 from herbarium2field.errors import H2FError
 from herbarium2field.models.weights import OFFLINE_LITE0, LoadReport, load_into, resolve_weights_path
 
@@ -23,26 +23,6 @@ from herbarium2field.models.weights import OFFLINE_LITE0, LoadReport, load_into,
 WEIGHT_PREPROCESSING: dict[str, dict[str, Any]] = {
     OFFLINE_LITE0: {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
 }
-
-
-@dataclass
-class Preprocessing:
-    """What a model expects of its input; stored in the model card so every later command agrees."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(int(d["input_size"]), tuple(d["mean"]), tuple(d["std"]),  # type: ignore[arg-type]
-                   d.get("interpolation", "bicubic"), float(d.get("crop_pct", 0.875)))
 
 
 def create_backbone(name: str, *, pretrained: bool = False, weights: str | None = None,

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,19 +32,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from herbarium2field.data.images import load_rgb
+from herbarium2field.data.loaders import image_source
 from herbarium2field.data.manifest import Dataset
 from herbarium2field.errors import H2FError, ImageError
 from herbarium2field.io import write_json
 from herbarium2field.progress import image_progress
-from herbarium2field.retrieval.freshness import images_fingerprint, model_fingerprint, same_model
 from herbarium2field.retrieval.index import IndexSpec, build_index, load_index, save_index, search
+from herbarium2field.run.card import ModelCard
+from herbarium2field.run.fingerprint import images_fingerprint, model_fingerprint, same_model
+from herbarium2field.run.load import RunModel
+from herbarium2field.run.paths import RunPaths
 from herbarium2field.system import usable_cores
-from herbarium2field.training.run_dir import ModelCard
 
-GALLERY_DIR = "gallery"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Long side of the stored thumbnails (px) and their JPEG quality: sharp on a phone at 2x density in a
 #: card, ~10-15 kB each (a 320k-sheet gallery ~4 GB). The full sheet is served from the dataset on demand.
 THUMB_SIZE = 256
@@ -86,10 +90,6 @@ class BuildReport:
     index: str = ""
 
 
-def gallery_folder(run: Path) -> Path:
-    return Path(run) / GALLERY_DIR
-
-
 def gallery_rows(ds: Dataset, card: ModelCard) -> pd.DataFrame:
     """Training herbarium sheets of the model's species, grouped by class in the model's class order."""
     t = ds.table
@@ -121,12 +121,12 @@ def gallery_status(
     run: Path, card: ModelCard, root: Path, rows: pd.DataFrame, *, fingerprint: str | None = None
 ) -> tuple[bool, str]:
     """``(fresh, reason)``: fresh when built by this model from these images with this format."""
-    meta = read_meta(gallery_folder(run))
+    meta = read_meta(RunPaths(run).gallery)
     if meta is None:
         return False, "no gallery yet"
     if meta.get("format") != FORMAT_VERSION:
         return False, "gallery format changed"
-    if not same_model(meta.get("model"), run, card):
+    if not same_model(meta.get("model"), card):
         return False, "the model changed"
     data = meta.get("data", {})
     fingerprint = fingerprint or images_fingerprint(root, zip(rows.path, rows.class_id, strict=True))
@@ -144,8 +144,6 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
 
 def make_thumbnail(path: Path, size: int = THUMB_SIZE, quality: int = THUMB_QUALITY) -> bytes:
     """A JPEG of the image with its long side ``size`` px (never upsampled)."""
-    from PIL import Image
-
     probe = load_rgb(path, min_side=size // 2)  # cheap DCT-scaled decode, short side >= size/2
     img = load_rgb(path) if max(probe.size) < size else probe  # small originals: no draft loss
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -155,8 +153,7 @@ def make_thumbnail(path: Path, size: int = THUMB_SIZE, quality: int = THUMB_QUAL
 
 
 def build_gallery(
-    run: Path,
-    predictor: Any,
+    model: RunModel,
     ds: Dataset,
     *,
     force: bool = False,
@@ -165,17 +162,12 @@ def build_gallery(
     num_workers: int = 2,
     index_kind: str = "auto",
 ) -> BuildReport:
-    """Embed every training herbarium sheet of ``ds`` with ``predictor`` and write ``run/gallery``.
+    """Embed every training herbarium sheet of ``ds`` with the run's model and write ``run/gallery``.
 
     Skipped (returning ``up_to_date=True``) when the gallery was built by the same model from the same
     images, unless ``force``. Unreadable sheets are left out and listed in the report and metadata.
     """
-    import time
-
-    from herbarium2field.data.datamodule import image_source
-
-    run = Path(run)
-    card = predictor.card
+    run, card = model.run, model.card
     rows = gallery_rows(ds, card)
     if rows.empty:
         raise H2FError(
@@ -185,11 +177,11 @@ def build_gallery(
         )
     listed = images_fingerprint(ds.root, zip(rows.path, rows.class_id, strict=True))
     fresh, reason = gallery_status(run, card, ds.root, rows, fingerprint=listed)
-    folder = gallery_folder(run)
+    folder = RunPaths(run).gallery
     if fresh and not force:
         return BuildReport(folder, True, reason, images=len(rows))
     start = time.perf_counter()
-    tmp = run / f".{GALLERY_DIR}.tmp-{os.getpid()}"
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -198,7 +190,7 @@ def build_gallery(
         if rows.empty:
             raise H2FError("no herbarium sheet could be read", path=ds.root, hint="run `h2f validate` on it")
         source = image_source(ds, cache=True, min_size=card.preprocessing["input_size"])
-        emb, _ = predictor.predict_table(
+        emb, _ = model.predict_table(
             rows.assign(domain="herbarium"),
             source,
             batch_size=batch_size,
@@ -215,8 +207,8 @@ def build_gallery(
             {
                 "format": FORMAT_VERSION,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "model": model_fingerprint(run, card),
-                "backend": getattr(predictor, "backend", "torch"),
+                "model": model_fingerprint(card, run),
+                "backend": model.backend,
                 # of every listed sheet, unreadable ones included: they are skipped again until they change
                 "data": {"root": str(Path(ds.root).resolve()), "fingerprint": listed, "images": len(rows)},
                 "embedding_dim": int(emb.shape[1]),
@@ -344,11 +336,11 @@ class Gallery:
 
     @classmethod
     def load(cls, run: Path) -> Gallery:
-        return cls(gallery_folder(run))
+        return cls(RunPaths(run).gallery)
 
     def check_model(self, run: Path, card: ModelCard) -> None:
         """Refuse a gallery embedded by another model: its vectors would not be comparable."""
-        if not same_model(self.meta.get("model"), run, card):
+        if not same_model(self.meta.get("model"), card):
             raise H2FError(
                 "the herbarium gallery was built with an older checkpoint of this run",
                 path=self.folder,

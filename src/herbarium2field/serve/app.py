@@ -9,7 +9,7 @@ Safety: uploads are limited in bytes (per file, and per request while streaming,
 and in pixels (``MAX_PIXELS``, checked on the header before decoding); their type is sniffed from the
 content, never the name. Images are served only by gallery id, looked up in the gallery table: no path
 sent by a client ever reaches the filesystem. The model is loaded once and shared (see
-``identify.predictor`` for how concurrent requests use it). Every bad request gets a 4xx with a plain
+``run.load`` for how concurrent requests use it). Every bad request gets a 4xx with a plain
 ``{"detail": "..."}`` message, and the server keeps serving.
 """
 
@@ -25,9 +25,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herbarium2field.data.images import MAX_PIXELS, load_rgb, load_rgb_bytes, sniff_image_type
-from herbarium2field.errors import ImageError
-from herbarium2field.identify.combine import COMBINE_METHODS
+from herbarium2field.errors import H2FError, ImageError
 from herbarium2field.identify.service import Identifier, photo_min_side
+from herbarium2field.scoring.combine import COMBINE_METHODS
 from herbarium2field.serve.limits import BodySizeLimit
 
 STATIC = Path(__file__).parent / "static"
@@ -50,20 +50,22 @@ def _sheet_urls(sheet: dict[str, Any]) -> dict[str, Any]:
 def create_app(
     run: str | Path,
     *,
-    backend: str = "torch",
+    backend: str = "auto",
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_files: int = MAX_FILES,
     threads: int | None = None,
     identifier: Identifier | None = None,
+    checklist: str | Path | None = None,
 ) -> FastAPI:
-    """The app for one run; the model, gallery and calibration are loaded here, once."""
-    ident = identifier or Identifier(run, backend=backend, threads=threads)
+    """The app for one run; the model, gallery and calibration are loaded here, once. ``checklist``: a file
+    restricting every answer to its species (a request's own ``species`` list replaces it)."""
+    ident = identifier or Identifier(run, backend=backend, threads=threads, checklist=checklist)
     gallery = ident.gallery
     card = ident.card
     max_bytes = int(max_upload_mb * 1e6)
     data_root = Path(gallery.meta.get("data", {}).get("root", ""))
     names = dict(zip(card.class_ids, card.species, strict=True))
-    min_side = photo_min_side(ident.predictor.pre.input_size)
+    min_side = photo_min_side(ident.model.pre.input_size)
 
     app = FastAPI(
         title="herbarium2field",
@@ -119,6 +121,9 @@ def create_app(
             "herbarium_sheets": len(gallery),
             "calibrated": ident.calibration is not None,
             "threshold": ident.threshold(),
+            "genus_threshold": ident.genus_threshold(),
+            "ranking": ident.model.choice.describe() if ident.model.choice else "ranked by the classifier",
+            "checklist": ident.checklist.describe() if ident.checklist is not None else None,
             "limits": {"max_files": max_files, "max_upload_mb": max_upload_mb, "max_pixels": MAX_PIXELS},
         }
 
@@ -128,6 +133,8 @@ def create_app(
         top_k: Annotated[int, Query(ge=1, le=50)] = 5,
         sheets: Annotated[int, Query(ge=0, le=12)] = 3,
         combine: Annotated[str, Query(description=" | ".join(COMBINE_METHODS))] = "probabilities",
+        species: Annotated[list[str] | None, Query(
+            description="restrict the candidates to these species (class ids or names; repeat the parameter)")] = None,
     ) -> dict[str, Any]:
         """Identify one plant from its photos: top-k species, each with its best-matching herbarium sheets."""
         if combine not in COMBINE_METHODS:
@@ -152,7 +159,11 @@ def create_app(
             except MemoryError:
                 raise HTTPException(413, f"{name}: the image is too large to decode") from None
             photo_names.append(name)
-        answer = ident.identify(images, photo_names, top_k=top_k, sheets=sheets, method=combine)
+        try:
+            checklist = ident.checklist_of(species) if species else None
+        except H2FError as exc:
+            raise HTTPException(422, exc.message) from None
+        answer = ident.identify(images, photo_names, top_k=top_k, sheets=sheets, method=combine, checklist=checklist)
         for r in answer["results"]:
             r["herbarium"] = [_sheet_urls(s) for s in r["herbarium"]]
         answer["nearest_sheets"] = [_sheet_urls(s) for s in answer["nearest_sheets"]]
@@ -211,14 +222,15 @@ def create_app(
         responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "not a gallery sheet"}},
     )
     def herbarium_full(image_id: str) -> Response:
-        """The sheet itself, long side 1280 px, read from the dataset the gallery was built from."""
+        """The sheet itself, long side 1280 px, read from the dataset the gallery was built from; where that
+        dataset is not on this server (a deployed bundle), the stored thumbnail."""
         row = gallery.row_of.get(image_id)
         if row is None:
             raise HTTPException(404, "no such herbarium sheet")
         root = data_root.resolve()
         path = (root / gallery.table.path.iloc[row]).resolve()
         if not path.is_relative_to(root) or not path.is_file():
-            raise HTTPException(404, "the sheet's image is not available on this server")
+            return herbarium_thumbnail(image_id)
         try:
             img = load_rgb(path, min_side=FULL_SIDE // 2)
         except ImageError:
@@ -238,16 +250,17 @@ def run_server(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    backend: str = "torch",
+    backend: str = "auto",
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     threads: int | None = None,
+    checklist: str | Path | None = None,
 ) -> None:
     """Load the run and serve it with uvicorn until interrupted."""
     import uvicorn
     from rich.console import Console
 
     console = Console(stderr=True)
-    app = create_app(run, backend=backend, max_upload_mb=max_upload_mb, threads=threads)
+    app = create_app(run, backend=backend, max_upload_mb=max_upload_mb, threads=threads, checklist=checklist)
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]note:[/yellow] listening on {host}: reachable from other machines")
     shown = f"[{host}]" if ":" in host else host

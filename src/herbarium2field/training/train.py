@@ -23,6 +23,11 @@ from herbarium2field.io import write_json
 from herbarium2field.models.backbones import preprocessing_for
 from herbarium2field.models.lightning import H2FLightningModule
 from herbarium2field.paths import runs_dir
+from herbarium2field.run.artefacts import Split
+from herbarium2field.run.card import ModelCard, environment
+from herbarium2field.run.finalize import finalize_run, stamp_card
+from herbarium2field.run.load import load_model
+from herbarium2field.run.paths import RunPaths
 from herbarium2field.training.callbacks import (
     AtomicCheckpointIO,
     BackboneWarmup,
@@ -33,7 +38,6 @@ from herbarium2field.training.callbacks import (
     StepSeed,
     Throughput,
 )
-from herbarium2field.training.run_dir import ModelCard, RunPaths, environment
 
 
 def resolve_run(cfg: ExperimentConfig, *, resume: Path | None, runs_root: Path | None = None
@@ -101,11 +105,23 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, progress: bool =
         if best_path.resolve() != paths.best.resolve() and best_path.is_file():
             shutil.copyfile(best_path, paths.best)
         score = ckpt_cb.best_model_score if ckpt_cb else None
-        _write_card(paths, cfg, ds, dm, pre, module,
-                    best={"monitor": cfg.train.early_stopping.monitor,
-                          "score": float(score) if score is not None else None,
-                          "epochs_run": trainer.current_epoch})
+        card = _write_card(paths, cfg, ds, dm, pre, module,
+                           best={"monitor": cfg.train.early_stopping.monitor,
+                                 "score": float(score) if score is not None else None,
+                                 "epochs_run": trainer.current_epoch})
+        _finalize(paths, cfg, dm, stamp_card(paths.root, card, paths.best), progress=progress)
     return paths
+
+
+def _finalize(paths: RunPaths, cfg: ExperimentConfig, dm: H2FDataModule, card: ModelCard, *, progress: bool) -> None:
+    """Write what inference needs into the run (prototypes, validation outputs, inference choice, threshold)."""
+    d = cfg.data
+    split = Split(d.val_field_fraction, d.val_herbarium_fraction, cfg.seed if d.val_seed is None else d.val_seed,
+                  dm.val_table.path.astype(str).tolist())
+    model = load_model(paths.root, "torch", card=card, require_choice=False)
+    finalize_run(model, split, dm.train_table, dm.val_table, dm.source, declared=cfg.inference,
+                 scale=cfg.model.arcface.scale, batch_size=d.eval_batch_size or d.batch_size,
+                 num_workers=d.num_workers, progress=progress and sys.stdout.isatty())
 
 
 class _NoAdverts(logging.Filter):
@@ -178,7 +194,7 @@ def _trainer(cfg: ExperimentConfig, paths: RunPaths, *, has_val: bool, progress:
 
 
 def _write_card(paths: RunPaths, cfg: ExperimentConfig, ds, dm: H2FDataModule, pre, module: H2FLightningModule,  # type: ignore[no-untyped-def]
-                best: dict | None) -> None:
+                best: dict | None) -> ModelCard:
     m = cfg.model
     report = module.net.load_report
     card = ModelCard(
@@ -199,9 +215,10 @@ def _write_card(paths: RunPaths, cfg: ExperimentConfig, ds, dm: H2FDataModule, p
         validation=best or {},
     )
     card.save(paths.card)
+    return card
 
 
-def train_from_cli(config: Path | None, *, data: str | None, name: str | None, overrides: list[str],
+def train_from_cli(config: str | Path | None, *, data: str | None, name: str | None, overrides: list[str],
                    resume: Path | None) -> RunPaths:
     """Merge CLI options into the config (``--data``/``--name`` win over the file) and train."""
     sets = list(overrides)

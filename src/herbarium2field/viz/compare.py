@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.ticker import PercentFormatter
 
 from herbarium2field.errors import H2FError
-from herbarium2field.evaluation.metrics import GROUP_LABELS
+from herbarium2field.scoring.metrics import GROUP_LABELS
 from herbarium2field.viz.style import OKABE_ITO, plt, save_figure
 
 GROUP_ORDER = ["overall", "with_pairs", "without_pairs"]

@@ -17,7 +17,7 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.ticker import PercentFormatter
 
 from herbarium2field.errors import H2FError
-from herbarium2field.evaluation.metrics import confusion_counts, species_names, with_pairs_mask
+from herbarium2field.scoring.metrics import confusion_counts, species_names, with_pairs_mask
 from herbarium2field.viz.style import plt, save_figure
 
 CELL_NUMBERS_MAX = 30  # above this many classes, per-cell numbers are unreadable and are left out

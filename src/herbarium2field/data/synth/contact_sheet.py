@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from herbarium2field.errors import H2FError
+from herbarium2field.viz.style import FIELD_COLOR, HERBARIUM_COLOR, plt, save_figure
 
 _THUMB = 240  # px, long side of the thumbnails kept in memory
 
@@ -56,8 +57,6 @@ def _thumb(path: Path) -> np.ndarray:
 
 def contact_sheet(root: Path, out_png: Path, *, per_species: int = 4, species: int = 6) -> Path:
     """Save a grid PNG: ``species`` rows, ``per_species`` herbarium sheets then ``per_species`` field photos."""
-    from herbarium2field.viz.style import FIELD_COLOR, HERBARIUM_COLOR, plt, save_figure
-
     root = Path(root)
     train = _read_pairs(root / "list" / "train.txt")
     names = dict(_read_pairs(root / "list" / "species_list.txt", sep=";"))

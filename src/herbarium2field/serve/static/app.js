@@ -134,17 +134,27 @@
   });
 
   function renderResults(ans) {
-    const state = ans.confident === true ? "confident" : ans.confident === false ? "uncertain" : "neutral";
-    const title = state === "confident" ? ans.results[0].species
+    const genusLevel = ans.answer && ans.answer.level === "genus";
+    const state = ans.confident === true ? "confident" : genusLevel ? "genus" : ans.confident === false ? "uncertain" : "neutral";
+    const title = state === "confident" ? ans.results[0].species : genusLevel ? ans.answer.name
       : state === "uncertain" ? "No confident match" : "Most likely species";
     els.verdict.className = `verdict ${state}`;
     const head = el("h2", { text: title });
-    if (state === "confident") head.style.fontStyle = "italic";
+    if (state === "confident" || genusLevel) head.style.fontStyle = "italic";
     // the server's message repeats the title for terminal use: drop that part here
     let msg = ans.message;
     if (state === "uncertain") msg = msg.replace(/^No confident match[^:]*:\s*/, "");
     if (state === "confident") msg = `Confident match (${pct(ans.results[0].score)})${ans.photos.length > 1 ? `, from ${ans.photos.length} photos` : ""}.`;
+    if (genusLevel) msg = `Confident at genus level (${pct(ans.genus.score)} for the genus); no single species is.`;
     const lines = [head, el("p", { text: msg.charAt(0).toUpperCase() + msg.slice(1) })];
+    if (ans.genus) {
+      const g = ans.genus;
+      const n = g.species.length;
+      lines.push(el("p", { class: "genus-line", id: "genus-line" }, document.createTextNode("Genus: "),
+        el("em", { text: g.name }), document.createTextNode(` ${pct(g.score)}`
+          + (g.family ? ` · family ${g.family}` : "") + ` · ${n} species of this genus known to the model`)));
+    }
+    if (ans.checklist) lines.push(el("p", { class: "threshold", text: `Restricted to a checklist of ${ans.checklist.species} species.` }));
     if (ans.threshold && ans.threshold.text) lines.push(el("p", { class: "threshold", text: `Confidence rule: ${ans.threshold.text}.` }));
     els.verdict.replaceChildren(...lines);
     els.cards.className = `cards${state === "uncertain" ? " uncertain-results" : ""}`;

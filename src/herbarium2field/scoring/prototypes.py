@@ -14,13 +14,20 @@ Prototype sources (``source``):
   that it plays a herbarium-only species (:func:`calibrate_shift`). How far a shift helps depends on the data:
   on the synthetic benchmarks a full shift lifts herbarium-only species, on the real sample it costs the
   species with photos and gains nothing; the calibration measures that trade-off instead of assuming it.
+
+Every source is a function of four numbers per class — the mean training embedding of each domain and
+the image counts (:class:`ClassMeans`) — so a run stores those once (``prototypes.npz``) and any source,
+field weight or shift strength is computed at inference without the training images.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from herbarium2field.scoring.metrics import ranks
 
 Source = Literal["herbarium", "field", "both", "weighted", "shifted", "calibrated"]
 SOURCES: tuple[str, ...] = ("herbarium", "field", "both", "weighted", "shifted", "calibrated")
@@ -44,44 +51,86 @@ def class_means(emb: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[
     return sums / np.maximum(counts, 1)[:, None], counts
 
 
-def build_prototypes(emb: np.ndarray, labels: np.ndarray, domains: np.ndarray, num_classes: int, *,
-                     source: Source = "both", field_weight: float = 0.5, shift: float = 1.0) -> np.ndarray:
+@dataclass
+class ClassMeans:
+    """Per class: mean L2-normalised training embedding of the herbarium sheets and of the field photos,
+    and how many of each. Everything prototypes need."""
+
+    herbarium: np.ndarray  # [C, D] float64 (zero row: no sheet)
+    field: np.ndarray  # [C, D]
+    n_herbarium: np.ndarray  # [C] int
+    n_field: np.ndarray  # [C] int
+
+    @classmethod
+    def from_embeddings(cls, emb: np.ndarray, labels: np.ndarray, domains: np.ndarray,
+                        num_classes: int) -> ClassMeans:
+        """``domains``: 0 = herbarium, 1 = field; rows with label -1 or a NaN embedding are left out."""
+        ok = (labels >= 0) & ~np.isnan(emb).any(axis=1)
+        emb, labels, domains = emb[ok], labels[ok], domains[ok]
+        herb, n_herb = class_means(emb[domains == 0], labels[domains == 0], num_classes)
+        field, n_field = class_means(emb[domains == 1], labels[domains == 1], num_classes)
+        return cls(herb, field, n_herb, n_field)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.n_herbarium)
+
+    @property
+    def dim(self) -> int:
+        return int(self.herbarium.shape[1])
+
+    def without_field(self, classes: np.ndarray | list[int]) -> ClassMeans:
+        """The same means with the field photos of ``classes`` removed (they become herbarium-only)."""
+        field, n_field = self.field.copy(), self.n_field.copy()
+        field[classes], n_field[classes] = 0.0, 0
+        return ClassMeans(self.herbarium, field, self.n_herbarium, n_field)
+
+
+def prototypes(means: ClassMeans, source: Source = "both", *, field_weight: float = 0.5,
+               shift: float = 1.0, offset: np.ndarray | None = None) -> np.ndarray:
     """Prototypes ``[C, D]`` (L2-normalised; a class without any training image gets a zero row).
 
-    ``domains`` uses 0 = herbarium, 1 = field. ``shift`` scales the herbarium→field offset (``shifted``).
-    ``calibrated`` needs validation photos: use :func:`calibrate_shift`, then ``shifted`` with its choice.
+    ``shift`` scales the herbarium→field offset (``shifted``); ``offset`` replaces the offset measured on the
+    paired species (e.g. one computed without a held-out species). ``calibrated`` needs validation photos:
+    use :func:`calibrate_shift`, then ``shifted`` with its choice.
     """
     if source not in SOURCES or source == "calibrated":
         raise ValueError(f"unknown prototype source {source!r}; choose from {', '.join(SOURCES[:-1])}")
-    herb, n_herb = class_means(emb[domains == 0], labels[domains == 0], num_classes)
-    field, n_field = class_means(emb[domains == 1], labels[domains == 1], num_classes)
+    herb, field = means.herbarium, means.field
+    has_herb, has_field = means.n_herbarium > 0, means.n_field > 0
     if source == "both":
-        both, _ = class_means(emb, labels, num_classes)
-        return _normalise(both)
+        n_h, n_f = means.n_herbarium[:, None], means.n_field[:, None]
+        return _normalise((n_h * herb + n_f * field) / np.maximum(n_h + n_f, 1))
     if source == "herbarium":
-        return _normalise(np.where((n_herb > 0)[:, None], herb, field))
+        return _normalise(np.where(has_herb[:, None], herb, field))
     if source == "field":
-        return _normalise(np.where((n_field > 0)[:, None], field, herb))
-    if source == "weighted":
-        return _from_means(herb, field, n_herb > 0, n_field > 0, field_weight, shift=0.0)
-    return _from_means(herb, field, n_herb > 0, n_field > 0, field_weight, shift=shift)
-
-
-def _from_means(herb: np.ndarray, field: np.ndarray, has_herb: np.ndarray, has_field: np.ndarray,
-                field_weight: float, shift: float, offset: np.ndarray | None = None) -> np.ndarray:
-    """``weighted`` prototypes for paired species, shifted herbarium means for herbarium-only ones."""
+        return _normalise(np.where(has_field[:, None], field, herb))
     paired = has_field & has_herb
     mixed = np.where(paired[:, None], (1 - field_weight) * _normalise(herb) + field_weight * _normalise(field),
                      np.where(has_field[:, None], field, herb))
-    if shift == 0.0 or not paired.any():
+    if source == "weighted" or shift == 0.0 or not paired.any():
         return _normalise(mixed)
     if offset is None:
-        offset = (_normalise(field[paired]) - _normalise(herb[paired])).mean(axis=0)
+        offset = mean_offset(means)
     return _normalise(np.where((has_herb & ~has_field)[:, None], _normalise(herb) + shift * offset, mixed))
 
 
-def calibrate_shift(emb: np.ndarray, labels: np.ndarray, domains: np.ndarray, val_emb: np.ndarray,
-                    val_labels: np.ndarray, num_classes: int, *,
+def mean_offset(means: ClassMeans) -> np.ndarray:
+    """The average herbarium→field offset (normalised field mean − normalised sheet mean) of paired species."""
+    paired = (means.n_herbarium > 0) & (means.n_field > 0)
+    if not paired.any():
+        return np.zeros(means.dim)
+    return (_normalise(means.field[paired]) - _normalise(means.herbarium[paired])).mean(axis=0)
+
+
+def build_prototypes(emb: np.ndarray, labels: np.ndarray, domains: np.ndarray, num_classes: int, *,
+                     source: Source = "both", field_weight: float = 0.5, shift: float = 1.0) -> np.ndarray:
+    """:func:`prototypes` straight from training embeddings (``domains``: 0 = herbarium, 1 = field)."""
+    return prototypes(ClassMeans.from_embeddings(emb, labels, domains, num_classes), source,
+                      field_weight=field_weight, shift=shift)
+
+
+def calibrate_shift(means: ClassMeans, val_emb: np.ndarray, val_labels: np.ndarray, *,
                     grid: tuple[tuple[float, float], ...] = CALIBRATION_GRID) -> dict[str, object]:
     """Choose ``field_weight`` and ``shift`` for ``shifted`` prototypes on validation field photos.
 
@@ -91,29 +140,23 @@ def calibrate_shift(emb: np.ndarray, labels: np.ndarray, domains: np.ndarray, va
     herbarium-only species among all classes, the mix a test set of field photos of every species has.
     Fewer than two such species: the ``shifted`` defaults, flagged as not calibrated.
     """
-    from herbarium2field.evaluation.metrics import ranks
-
-    herb, n_herb = class_means(emb[domains == 0], labels[domains == 0], num_classes)
-    field, n_field = class_means(emb[domains == 1], labels[domains == 1], num_classes)
-    has_herb, has_field = n_herb > 0, n_field > 0
+    has_herb, has_field = means.n_herbarium > 0, means.n_field > 0
     paired = has_herb & has_field
     held = [c for c in np.flatnonzero(paired) if np.any(val_labels == c)]
     default = {"field_weight": grid[0][0], "shift": grid[0][1], "calibrated": False, "held_out_species": len(held)}
     if len(held) < 2:
         return default
-    known = val_labels >= 0
+    known = (val_labels >= 0) & ~np.isnan(val_emb).any(axis=1)
     val_emb, val_labels = val_emb[known], val_labels[known]
-    diffs = _normalise(field) - _normalise(herb)
+    diffs = _normalise(means.field) - _normalise(means.herbarium)
     total, n_paired = diffs[paired].sum(axis=0), int(paired.sum())
     share = float((has_herb & ~has_field).sum() + 1) / float((has_herb | has_field).sum())
     results = []
     for fw, alpha in grid:
         wo, wp = [], []
         for c in held:
-            hf = has_field.copy()
-            hf[c] = False
-            offset = (total - diffs[c]) / (n_paired - 1)
-            protos = _from_means(herb, field, has_herb, hf, fw, alpha, offset=offset)
+            protos = prototypes(means.without_field([c]), "shifted", field_weight=fw, shift=alpha,
+                                offset=(total - diffs[c]) / (n_paired - 1))
             hit = ranks(prototype_scores(val_emb, protos), val_labels) <= 1
             wo.append(hit[val_labels == c].mean())
             others = (val_labels != c) & paired[val_labels]
@@ -134,34 +177,3 @@ def prototype_scores(query: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
     empty = ~np.any(prototypes != 0, axis=1)
     sims[:, empty] = -np.inf
     return sims.astype(np.float32)
-
-
-def run_prototypes(run, *, source: str = "shifted", field_weight: float = 0.5, data=None,  # type: ignore[no-untyped-def]
-                   progress: bool = False, allow_missing: bool = False, num_workers: int = 2) -> np.ndarray:
-    """Prototypes of a run from its own training split (embeddings cached in the run directory).
-
-    ``calibrated`` also embeds the run's validation split and records its choice in
-    ``prototype_calibration.json`` in the run directory.
-    """
-    from pathlib import Path
-
-    from herbarium2field.evaluation.outputs import split_outputs, split_params
-    from herbarium2field.io import write_json
-
-    kw = {"data": data, "progress": progress, "allow_missing": allow_missing, "num_workers": num_workers}
-    train = split_outputs(run, "train", **kw)
-    n = len(train.card.class_ids)
-    if source != "calibrated":
-        return build_prototypes(train.embeddings, train.labels, train.domains, n, source=source,  # type: ignore[arg-type]
-                                field_weight=field_weight)
-    params = split_params(Path(run), train.card)
-    if params is None or params.field_fraction <= 0:  # no validation photos to calibrate on: plain "shifted"
-        empty = np.zeros((0, train.embeddings.shape[1]), dtype=train.embeddings.dtype)
-        choice = calibrate_shift(train.embeddings, train.labels, train.domains, empty, np.zeros(0, int), n)
-        choice["note"] = "the run holds no validation field photos: the plain 'shifted' setting is used"
-    else:
-        val = split_outputs(run, "val", **kw)
-        choice = calibrate_shift(train.embeddings, train.labels, train.domains, val.embeddings, val.labels, n)
-    write_json(Path(run) / "prototype_calibration.json", choice)
-    return build_prototypes(train.embeddings, train.labels, train.domains, n, source="shifted",
-                            field_weight=float(choice["field_weight"]), shift=float(choice["shift"]))  # type: ignore[arg-type]

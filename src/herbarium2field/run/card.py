@@ -1,14 +1,6 @@
-"""The run directory: self-describing, so anyone can re-run or re-evaluate a model from it alone.
-
-```
-runs/<name>/
-  config.yaml          resolved experiment config (every default spelled out)
-  environment.json     package versions, git commit, hardware, command line
-  model_card.json      classes, species, groups, preprocessing, head, embedding dim: what later commands read
-  metrics.csv          one row per epoch
-  checkpoints/best.ckpt, checkpoints/last.ckpt
-  tb/                  TensorBoard logs
-```
+"""The model card: what a trained model is, in JSON (``model_card.json``). Every later command reads it
+(once) instead of the config or the dataset: classes, species, groups, preprocessing, head, embedding size,
+the fingerprint of the weights file, and where the model came from (environment).
 """
 
 from __future__ import annotations
@@ -27,42 +19,13 @@ from typing import Any
 from herbarium2field.errors import H2FError
 from herbarium2field.io import write_json
 from herbarium2field.paths import project_root
+from herbarium2field.run.paths import RunPaths
+from herbarium2field.scoring.taxonomy import Taxonomy
 
+#: 2: the card records the weights fingerprint, and the run holds what inference needs (run.finalize)
+CARD_FORMAT = 2
 PACKAGES = ("herbarium2field", "torch", "torchvision", "timm", "lightning", "pytorch-metric-learning", "torchmetrics",
             "numpy", "pandas", "pillow", "scikit-learn", "faiss-cpu", "onnxruntime")
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def card(self) -> Path:
-        return self.root / "model_card.json"
-
-    @property
-    def environment(self) -> Path:
-        return self.root / "environment.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.ckpt"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.ckpt"
 
 
 @dataclass
@@ -80,9 +43,14 @@ class ModelCard:
     embedding_dim: int
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     h2f_version: str = field(default_factory=lambda: package_version("herbarium2field"))
-    checkpoint: str = "checkpoints/best.ckpt"
+    checkpoint: str = "checkpoints/best.ckpt"  # the weights file, relative to the run
     validation: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: identity of the weights file (``run.fingerprint.weights_fingerprint``); empty in cards written
+    #: before format 2, which later commands then ask to bring up to date
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    format: int = CARD_FORMAT
+    families: dict[str, str] = field(default_factory=dict)  # genus -> family, from a taxonomy file (optional)
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -91,27 +59,28 @@ class ModelCard:
     def load(cls, path: Path) -> ModelCard:
         if not path.is_file():
             raise H2FError("not a run directory: model_card.json is missing", path=path.parent,
-                           hint="pass a folder written by `h2f train` or `h2f fit-classic`")
+                           hint="pass a folder written by `h2f train` or `h2f fit-classic`, or a bundle "
+                           "written by `h2f export --format bundle`")
         try:
             data = json.loads(path.read_text())
+            if "format" not in data:
+                data["format"] = 1  # written before the card had a format
             return cls(**data)
         except (json.JSONDecodeError, TypeError) as exc:
             raise H2FError(f"model card is damaged: {exc}", path=path) from None
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
 
-def checkpoint_path(run: Path, card: ModelCard) -> Path:
-    """The file that holds a run's weights, as the predictor loads it."""
-    paths = RunPaths(Path(run))
-    if card.kind == "network" and paths.best.is_file():
-        return paths.best
-    path = paths.root / card.checkpoint
-    if not path.is_file():
-        raise H2FError(
-            "no model checkpoint in this run",
-            path=path,
-            hint="train it to the end (`h2f train`) or fit it (`h2f fit-classic`)",
-        )
-    return path
+    def taxonomy(self) -> Taxonomy:
+        """Genus of every class (from its scientific name) and family where the card knows it."""
+        return Taxonomy.from_species(self.species, self.families)
+
+
+def read_card(run: str | Path) -> ModelCard:
+    """The card of a run (or bundle) directory."""
+    return ModelCard.load(RunPaths(Path(run)).card)
 
 
 def package_version(pkg: str) -> str:
@@ -162,36 +131,8 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def load_network(run: str | Path, *, checkpoint: str = "best"):  # type: ignore[no-untyped-def]
-    """Rebuild a trained :class:`~herbarium2field.models.network.H2FNet` (eval mode) and its card and config.
-
-    No pretrained weights are fetched: everything comes from the checkpoint.
-    """
-    import torch
-
-    from herbarium2field.config import load_config
-    from herbarium2field.models.network import H2FNet
-
-    paths = RunPaths(Path(run))
-    card = ModelCard.load(paths.card)
-    if card.kind != "network":
-        raise H2FError(f"this run holds a {card.kind} model, not a network", path=paths.root)
-    cfg = load_config(paths.config)
-    ckpt = paths.checkpoints / f"{checkpoint}.ckpt"
-    if not ckpt.is_file():
-        ckpt = paths.root / card.checkpoint
-    if not ckpt.is_file():
-        raise H2FError("no checkpoint in this run", path=paths.checkpoints,
-                       hint="train it to the end, or resume it with `h2f train --resume`")
-    net = H2FNet(cfg.model, len(card.class_ids), load_weights=False)
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    except Exception as exc:  # noqa: BLE001
-        raise H2FError(f"cannot read checkpoint: {exc}", path=ckpt) from None
-    prefix = "net."
-    missing, unexpected = net.load_state_dict(
-        {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=False)
-    if missing:
-        raise H2FError(f"checkpoint lacks {len(missing)} tensors (e.g. {missing[0]})", path=ckpt)
-    net.eval()
-    return net, card, cfg
+def outdated(run: str | Path, missing: str) -> H2FError:
+    """The error for a run written by an older h2f that lacks ``missing``, naming the command that adds it."""
+    return H2FError(f"this run was written by an older version of h2f and has no {missing}", path=run,
+                    hint=f"bring it up to date once with `h2f index {run} --data DATASET_ROOT` (the dataset "
+                    "it was trained on); after that it needs no dataset")

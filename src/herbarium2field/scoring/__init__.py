@@ -1,0 +1,1 @@
+"""Numbers from scores: metrics, prototypes, confidence thresholds, combining photos (numpy only)."""
