@@ -224,11 +224,13 @@ def train(
 ) -> None:
     """Train a backbone + softmax/ArcFace head (PyTorch Lightning); writes runs/NAME/ with everything
     identification needs (prototypes, inference choice, calibration)."""
+    from herbarium2field.features.recipe import train_recipe
     from herbarium2field.run.artefacts import InferenceChoice
     from herbarium2field.run.card import read_card
-    from herbarium2field.training.train import train_from_cli
+    from herbarium2field.training.train import config_from_cli
 
-    paths = train_from_cli(config, data=data, name=name, overrides=set_ or [], resume=resume)
+    cfg = config_from_cli(config, data=data, name=name, overrides=set_ or [], resume=resume)
+    paths = train_recipe(cfg, resume=resume)
     if paths.inference.is_file():
         console.print(f"inference: {InferenceChoice.load(paths.root, read_card(paths.root)).describe()}")
     console.print(f"run written to [bold]{paths.root}[/bold]")

@@ -51,6 +51,7 @@ class SamplerConfig(_Strict):
 class DataConfig(_Strict):
     root: str = "demo/data"
     image_size: int | None = None  # default: the backbone's pretrained_cfg input size
+    grey: bool = False  # colour-invariant input: sheets and photos in greyscale, in training and at inference
     cache: bool = True  # read the `h2f prepare` cache when present
     cache_size: int | None = None  # short side of the cache to read (default: the prepare default)
     val_field_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # stratified share of training field photos
@@ -161,12 +162,24 @@ class TrainerConfig(_Strict):
     limit_val_batches: float | int | None = None
 
 
+class FrozenConfig(_Strict):
+    """The classical classifier of a ``recipe: frozen`` run (frozen ``model.backbone`` features)."""
+
+    classifier: Literal["logreg", "svm", "knn", "ncm"] = "logreg"
+    options: dict[str, Any] = Field(default_factory=dict)  # e.g. {C: 1.0} (see models.classifiers.DEFAULTS)
+    align: Literal["none", "standardize", "coral"] = "none"
+    align_reg: float = 1.0
+    domains: Literal["both", "herbarium", "field"] = "both"
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 42
+    recipe: Literal["network", "frozen"] = "network"  # frozen: pretrained features + a classical classifier
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    frozen: FrozenConfig = FrozenConfig()
     inference: InferenceConfig = InferenceConfig()
     trainer: TrainerConfig = TrainerConfig()
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
@@ -33,15 +34,17 @@ class Preprocessing:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    grey: bool = False  # colour-invariant input: every image (sheet or photo) is seen in greyscale
 
     def to_dict(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        d = {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+             "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        return {**d, "grey": True} if self.grey else d  # absent when off: older records stay equal
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(int(d["input_size"]), tuple(d["mean"]), tuple(d["std"]),  # type: ignore[arg-type]
-                   d.get("interpolation", "bicubic"), float(d.get("crop_pct", 0.875)))
+                   d.get("interpolation", "bicubic"), float(d.get("crop_pct", 0.875)), bool(d.get("grey", False)))
 
 
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -63,6 +66,30 @@ class RandomRotate90:
         return f"RandomRotate90(p={self.p})"
 
 
+class ToNormalizedTensor:
+    """``T.ToTensor()`` then ``T.Normalize(mean, std)`` as one table look-up per value, giving bit for bit
+    the same floats ~2x faster: an 8-bit channel value has only 256 possible results, computed once by
+    those two transforms themselves. Images other than 8-bit RGB go through the two transforms."""
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._pair = T.Compose([T.ToTensor(), T.Normalize(self.mean, self.std)])
+        ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+        self._lut = self._pair(Image.fromarray(ramp, "RGB"))[:, 0, :].numpy().copy()  # (3, 256) float32
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if not isinstance(img, Image.Image) or img.mode != "RGB":
+            return self._pair(img)
+        a = np.asarray(img)
+        out = np.empty((3, *a.shape[:2]), np.float32)
+        for c in range(3):
+            np.take(self._lut[c], a[..., c], out=out[c])
+        return torch.from_numpy(out)
+
+    def __repr__(self) -> str:
+        return f"ToNormalizedTensor(mean={self.mean}, std={self.std})"
+
+
 def train_transform(aug: AugmentConfig, pre: Preprocessing, *, domain: str,
                     field_pool: list[str] | None = None, loader: Callable[[str], Image.Image] | None = None) -> Transform:
     """Training pipeline for one domain (``herbarium`` or ``field``).
@@ -73,6 +100,8 @@ def train_transform(aug: AugmentConfig, pre: Preprocessing, *, domain: str,
     steps: list[Callable] = []
     if domain == "herbarium":
         steps += appearance_transfer_steps(aug, field_pool=field_pool, loader=loader)
+    if pre.grey:
+        steps.append(T.Grayscale(num_output_channels=3))
     steps.append(RandomResizedCropAndInterpolation(pre.input_size, scale=aug.scale, ratio=aug.ratio,
                                                    interpolation=pre.interpolation))
     if aug.hflip:
@@ -88,16 +117,18 @@ def train_transform(aug: AugmentConfig, pre: Preprocessing, *, domain: str,
         steps.append(T.RandomGrayscale(aug.grayscale))
     if aug.blur:
         steps.append(T.RandomApply([T.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=aug.blur))
-    steps += [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    steps.append(ToNormalizedTensor(pre.mean, pre.std))
     if aug.random_erasing:
         steps.append(RandomErasing(aug.random_erasing, mode="pixel", device="cpu"))
     return T.Compose(steps)
 
 
 def eval_transform(pre: Preprocessing, *, crop_pct: float | None = None) -> Transform:
-    """timm's evaluation pipeline: resize to size/crop_pct, centre crop, normalise."""
-    return create_transform(input_size=pre.input_size, is_training=False, interpolation=pre.interpolation,
+    """timm's evaluation pipeline: resize to size/crop_pct, centre crop, normalise (greyscale first, when the
+    model was trained colour-invariant)."""
+    base = create_transform(input_size=pre.input_size, is_training=False, interpolation=pre.interpolation,
                             mean=pre.mean, std=pre.std, crop_pct=crop_pct or pre.crop_pct)
+    return T.Compose([T.Grayscale(num_output_channels=3), base]) if pre.grey else base
 
 
 def tta_transforms(pre: Preprocessing, kind: str) -> list[Transform]:

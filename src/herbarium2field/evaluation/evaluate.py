@@ -7,16 +7,18 @@ Output: ``runs/<name>/eval/<split>-<mode>[-tta]/`` with ``metrics.json``, ``per_
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from herbarium2field.config import BranchConfig
 from herbarium2field.errors import H2FError
-from herbarium2field.evaluation.outputs import SplitOutputs, split_outputs
+from herbarium2field.evaluation.outputs import SplitOutputs, dataset_for, split_outputs
 from herbarium2field.io import atomic_write_text, write_json
-from herbarium2field.run.artefacts import InferenceChoice, ValidationSet, load_class_means
+from herbarium2field.run.artefacts import Branch, InferenceChoice, ValidationSet, load_class_means
+from herbarium2field.run.finalize import compute_branch
 from herbarium2field.run.load import RunModel, load_model
 from herbarium2field.run.paths import RunPaths
 from herbarium2field.scoring import metrics as M
@@ -79,28 +81,63 @@ def ranking_choices(model: RunModel, mode: str | None = None, prototype_source: 
     return out
 
 
+def with_extras(choice: InferenceChoice, reserve: int | None, genus_insert: float | None) -> InferenceChoice:
+    """A ranking with reserved places and/or genus sharing set (named after them: ``classifier+reserve2``)."""
+    if reserve is None and genus_insert is None:
+        return choice
+    ch = replace(choice)
+    label = ch.label
+    if genus_insert is not None and genus_insert != ch.genus_insert:
+        ch.genus_insert = genus_insert
+        label += f"+genus{genus_insert:g}"
+    if reserve is not None and reserve != ch.reserve:
+        ch.reserve = reserve
+        label += f"+reserve{reserve}"
+    ch.label = label
+    return ch
+
+
 def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str = "test", mode: str | None = None,
                  tta: str | None = None, prototype_source: str | None = None, field_weight: float | None = None,
-                 n_boot: int = 1000, seed: int = 0, allow_missing: bool = False, progress: bool = False,
-                 num_workers: int = 2, backend: str = "auto") -> list[EvalResult]:
+                 reserve: int | None = None, genus_insert: float | None = None,
+                 branch: dict[str, Any] | None = None, n_boot: int = 1000, seed: int = 0, allow_missing: bool = False,
+                 progress: bool = False, num_workers: int = 2, backend: str = "auto") -> list[EvalResult]:
     """Evaluate a run directory; one :class:`EvalResult` per ranking (two for ``--mode both``).
 
-    By default the run ranks species as it decided at the end of training (``inference.json``).
+    By default the run ranks species as it decided at the end of training (``inference.json``). ``reserve`` /
+    ``genus_insert`` evaluate the ranking with that many reserved places / that genus margin instead; a run
+    whose training did not make sheet views for the branch gets them here (``branch``: their settings), from
+    the training images of ``data``.
     """
     model = load_model(run, backend)
     run = model.run
-    choices = ranking_choices(model, mode, prototype_source, field_weight)
+    choices = [with_extras(ch, reserve, genus_insert) for ch in ranking_choices(model, mode, prototype_source,
+                                                                                 field_weight)]
+    wanted = branch or (model.choice.branch if model.choice is not None else None) or BranchConfig().model_dump()
+    if any(ch.reserve for ch in choices) and (model.branch is None or model.branch.settings != wanted):
+        found = Branch.load(run, model.card, wanted)
+        if found is None:
+            ds = dataset_for(model.card, data or model.card.dataset.get("root"), allow_missing=allow_missing)
+            train = ds.split("train")
+            found = compute_branch(model, ds.root, train[train.domain == "herbarium"], wanted,
+                                   num_workers=num_workers, progress=progress)
+            found.save(run, model.card)
+        model.use_branch(found)
     outputs = split_outputs(model, split, data=data, tta=tta, allow_missing=allow_missing, progress=progress,
                             num_workers=num_workers)
     results = []
     for ch in choices:
-        scores = model.scorer_for(ch)(outputs.embeddings, outputs.logits, outputs.table.domain.astype(str).to_numpy())
+        scorer = model.scorer_for(ch)
+        scores = scorer(outputs.embeddings, outputs.logits, outputs.table.domain.astype(str).to_numpy())
         bad = np.isnan(scores).any(axis=1)  # unreadable (allow_missing): every species equal, ranked last
         scores[bad] = 0.0
+        keys = model.keys(scores, outputs.branch, reserve=ch.reserve) if ch.reserve else None
+        if keys is not None:
+            keys[bad] = 0.0
         out_dir = RunPaths(run).eval_dir(split, ch.label, tta)
         ranking = {k: v for k, v in asdict(ch).items() if k != "model"}
         res = write_evaluation(outputs, scores, out_dir, run_name=run.name, mode=ch.label, n_boot=n_boot,
-                               seed=seed, tta=tta, ranking=ranking, score_kind=model.scorer_for(ch).kind)
+                               seed=seed, tta=tta, ranking=ranking, score_kind=scorer.kind, keys=keys)
         res.choice = ch.describe()
         results.append(res)
     return results
@@ -108,8 +145,11 @@ def evaluate_run(run: str | Path, *, data: str | Path | None = None, split: str 
 
 def write_evaluation(outputs: SplitOutputs, scores: np.ndarray, out_dir: Path, *, run_name: str, mode: str,
                      n_boot: int = 1000, seed: int = 0, tta: str | None = None,
-                     ranking: dict[str, Any] | None = None, score_kind: str = "logits") -> EvalResult:
-    """Write every artefact of one evaluation and return its metrics."""
+                     ranking: dict[str, Any] | None = None, score_kind: str = "logits",
+                     keys: np.ndarray | None = None) -> EvalResult:
+    """Write every artefact of one evaluation and return its metrics. ``keys``: the species ranking when it
+    is not the scores' order (reserved places); the genus table always sums the scores' probabilities."""
+    probs_scores, scores = scores, (keys if keys is not None else scores)
     card = outputs.card
     labels = outputs.labels
     paths = outputs.table.path.tolist()
@@ -129,7 +169,8 @@ def write_evaluation(outputs: SplitOutputs, scores: np.ndarray, out_dir: Path, *
     with_pairs = outputs.with_pairs[labelled]
     groups = {"with_pairs": with_pairs & (labels >= 0), "without_pairs": ~with_pairs & (labels >= 0)}
     result = M.evaluate(scores, labels, groups, ks=(1, 3, 5, 10), n_boot=n_boot, seed=seed)
-    result["genus"] = genus_metrics(scores, labels, groups, card.taxonomy(), score_kind, n_boot=n_boot, seed=seed)
+    result["genus"] = genus_metrics(probs_scores[labelled], labels, groups, card.taxonomy(), score_kind,
+                                    n_boot=n_boot, seed=seed)
     result.update({"run": run_name, "mode": mode, "split": outputs.split, "tta": tta, "labelled": True,
                    "n_unlabelled_skipped": int((~labelled).sum()), "ranking": ranking})
     write_json(out_dir / "metrics.json", result)

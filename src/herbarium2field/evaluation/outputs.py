@@ -39,6 +39,7 @@ class SplitOutputs:
     logits: np.ndarray | None  # [N, C] head logits of a network; None for a classic run
     card: ModelCard
     images_per_s: float | None = None
+    branch: np.ndarray | None = None  # [N, D] the photos as the sheet branch sees them (reserved places)
 
     @property
     def domains(self) -> np.ndarray:
@@ -90,39 +91,48 @@ def split_outputs(model: RunModel, split: str = "test", *, data: str | Path | No
     if len(table) == 0:
         raise H2FError(f"the {split} split of this dataset is empty", path=ds.root)
     labels = labels_of(table, {c: i for i, c in enumerate(card.class_ids)})
-    if card.kind == "classic" and tta is None:
+    branch = model.branch_extractor
+    if card.kind == "classic" and tta is None and branch is None:
         cached = _classic_cached(card, ds, table)
         if cached is not None:
             return SplitOutputs(split, table, labels, cached, None, card)
-    cache = _cache_file(run, card, split, table, tta, model.backend)
+    cache = _cache_file(run, card, split, table, tta, model.backend, branch is not None)
     if cache.is_file():
         with np.load(cache) as z:
             logits = z["logits"] if "logits" in z.files else None
-            return SplitOutputs(split, table, labels, z["embeddings"], logits, card)
+            extra = z["branch"] if "branch" in z.files else None
+            return SplitOutputs(split, table, labels, z["embeddings"], logits, card, branch=extra)
     out = infer_table(model.extractor, table, image_source(ds, min_size=model.pre.input_size),
                       errors="nan" if allow_missing else "raise", tta=tta, batch_size=batch_size,
-                      num_workers=num_workers, progress=progress, description=f"{run.name}: {split}")
-    for old in cache.parent.glob(f"{split}{'-' + tta if tta else ''}-*.npz"):
-        old.unlink()
+                      num_workers=num_workers, progress=progress, description=f"{run.name}: {split}", branch=branch)
     arrays = {"embeddings": out.embeddings} | ({"logits": out.logits} if out.logits is not None else {})
+    if out.branch is not None:
+        arrays["branch"] = out.branch
     with atomic_path(cache) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    return SplitOutputs(split, table, labels, out.embeddings, out.logits, card, out.images_per_s)
+    return SplitOutputs(split, table, labels, out.embeddings, out.logits, card, out.images_per_s, out.branch)
 
 
 def _classic_cached(card: ModelCard, ds: Dataset, table: pd.DataFrame) -> np.ndarray | None:
-    """Embeddings of ``table`` from the classic run's own feature cache, when it holds every row and is the
-    cache the model was fitted on; None otherwise (the rows are then embedded with the frozen backbone)."""
+    """Embeddings of ``table`` from the classic run's own feature cache, when it holds every row's image and is
+    the cache the model was fitted on; None otherwise (the rows are then embedded with the frozen backbone).
+
+    Rows are matched by the file they resolve to, so a dataset derived from the cached one (linked image
+    folders, other lists: a leave-species-out fold) is served from the cache too."""
     path = card.model.get("features")
     if not path or not Path(path, "meta.json").is_file():
         return None
     feats = load_features(path)
     if CacheSpec(**card.model["features_spec"]).differences(feats.spec):
         return None
-    if Path(feats.spec.dataset_root).resolve() != Path(ds.root).resolve():
-        return None
-    row = {p: i for i, p in enumerate(feats.table.path.astype(str))}
-    idx = [row.get(p) for p in table.path.astype(str)]
+    same_root = Path(feats.spec.dataset_root).resolve() == Path(ds.root).resolve()
+    if same_root:
+        row = {p: i for i, p in enumerate(feats.table.path.astype(str))}
+        idx = [row.get(p) for p in table.path.astype(str)]
+    else:
+        cached = Path(feats.spec.dataset_root)
+        row = {(cached / p).resolve(): i for i, p in enumerate(feats.table.path.astype(str))}
+        idx = [row.get((Path(ds.root) / p).resolve()) for p in table.path.astype(str)]
     if any(i is None for i in idx):
         return None
     emb = feats.embeddings[np.asarray(idx)]
@@ -131,9 +141,10 @@ def _classic_cached(card: ModelCard, ds: Dataset, table: pd.DataFrame) -> np.nda
 
 
 def _cache_file(run: Path, card: ModelCard, split: str, table: pd.DataFrame, tta: str | None,
-                backend: str) -> Path:
-    """Keyed by the weights fingerprint, the backend and the exact image list, so any change recomputes."""
+                backend: str, branch: bool) -> Path:
+    """Keyed by the weights fingerprint, the backend, the branch and the exact image list, so any change
+    recomputes (several lists of one split live side by side: a run is evaluated on several datasets)."""
     key = hashlib.sha256()
-    key.update(f"{card.fingerprint.get('sha256')}/{backend}/{tta}".encode())
+    key.update(f"{card.fingerprint.get('sha256')}/{backend}/{tta}/{branch}".encode())
     key.update("\n".join(table.path.tolist()).encode())
     return RunPaths(run).embeddings / f"{split}{'-' + tta if tta else ''}-{key.hexdigest()[:16]}.npz"

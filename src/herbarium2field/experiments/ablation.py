@@ -19,15 +19,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
-from herbarium2field.config import load_config
+from herbarium2field.config import ExperimentConfig, load_config
 from herbarium2field.data.derive import drop_field_photos
+from herbarium2field.data.manifest import read_dataset
 from herbarium2field.data.synth import generate_dataset
 from herbarium2field.errors import ConfigError
-from herbarium2field.evaluation.evaluate import evaluate_run
+from herbarium2field.evaluation.evaluate import EvalResult, evaluate_run
+from herbarium2field.experiments.lso import (
+    LsoOutcome,
+    excluded_paths,
+    fold_hits,
+    prepare_folds,
+    selection_hits,
+)
 from herbarium2field.experiments.plan import Benchmark, Plan, Variant
 from herbarium2field.experiments.verdict import verdict_markdown, verdicts
+from herbarium2field.features.recipe import train_frozen
 from herbarium2field.io import atomic_write_text, write_json
 from herbarium2field.run.paths import RunPaths
 from herbarium2field.system import load_average
@@ -60,33 +70,91 @@ def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: in
 
     ``trained_as`` is the variant whose run ``v`` reuses (``v.reuse``): its overrides define the training.
     """
-    recipe = trained_as or v
-    data = prepare_data(b, work, plan_dir)
     runs = work / "runs" / b.name
-    run = runs / (v.reuse or v.name)
-    paths = RunPaths(run)
     result_file = runs / f"{v.name}.ablation.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    if not paths.inference.is_file() or not paths.card.is_file():
+    recipe = trained_as or v
+    if b.kind == "lso":
+        row = _lso_cell(b, v, recipe, plan_dir=plan_dir, work=work, n_boot=n_boot)
+    else:
+        data = prepare_data(b, work, plan_dir)
+        run = runs / (v.reuse or v.name)
         cfg = load_config(_resolve(plan_dir, b.config),
                           [f"data.root={data}", f"name={run.name}", *b.overrides, *recipe.overrides])
-        start = time.perf_counter()
-        resume = run if paths.last.is_file() else None
-        train(cfg, resume=resume, progress=False, runs_root=runs)
-        minutes = (time.perf_counter() - start) / 60
-        # The load average says whether other jobs shared the CPU (and so inflated the cost columns).
-        write_json(paths.train_time, {"minutes": minutes, "resumed": resume is not None,
-                                      "load_average_1min": _rounded(load_average())})
-    timing = json.loads(paths.train_time.read_text()) if paths.train_time.is_file() else {}
-    minutes = timing.get("minutes")
-    mode, _, source = v.mode.partition("-")
-    (res,) = evaluate_run(run, mode=mode, prototype_source=source or "both", n_boot=n_boot)
-    row = {"benchmark": b.name, "variant": v.name, "mode": res.mode, "train_minutes": minutes,
-           "images_per_s": _throughput(run), "load_average_1min": timing.get("load_average_1min"),
-           "metrics": res.metrics, "description": v.description}
+        timing = _trained(cfg, run, features=work / "features" / b.name)
+        res = _evaluate(run, v, data=None, n_boot=n_boot)
+        row = {"benchmark": b.name, "variant": v.name, "mode": res.mode, "train_minutes": timing.get("minutes"),
+               "images_per_s": _throughput(run), "load_average_1min": timing.get("load_average_1min"),
+               "metrics": res.metrics, "description": v.description}
     write_json(result_file, row)
     return row
+
+
+def _trained(cfg: ExperimentConfig, run: Path, *, features: Path, exclude: set[str] | None = None) -> dict[str, Any]:
+    """Train (or fit) the run unless it is finished; its timing record (minutes, load average)."""
+    paths = RunPaths(run)
+    if not paths.inference.is_file() or not paths.card.is_file():
+        start = time.perf_counter()
+        if cfg.recipe == "frozen":  # one embedding cache per benchmark and backbone, shared by cells and folds
+            key = f"{cfg.model.backbone}-{cfg.data.image_size or 'default'}{'-grey' if cfg.data.grey else ''}"
+            train_frozen(cfg, progress=False, runs_root=run.parent, features=features / key, exclude=exclude or ())
+            resume = None
+        else:
+            resume = run if paths.last.is_file() else None
+            train(cfg, resume=resume, progress=False, runs_root=run.parent)
+        # The load average says whether other jobs shared the CPU (and so inflated the cost columns).
+        write_json(paths.train_time, {"minutes": (time.perf_counter() - start) / 60, "resumed": resume is not None,
+                                      "load_average_1min": _rounded(load_average())})
+    return json.loads(paths.train_time.read_text()) if paths.train_time.is_file() else {}
+
+
+def _evaluate(run: Path, v: Variant, *, data: Path | None, n_boot: int, split: str = "test") -> EvalResult:
+    """Score a cell's run as the variant says: ``classifier``, ``prototype-<source>``, or ``own`` (the ranking
+    the run chose at the end of training), with its ``inference`` extras (reserved places, genus sharing)."""
+    mode, _, source = v.mode.partition("-")
+    extra = v.inference
+    own = mode == "own"
+    (res,) = evaluate_run(run, data=data, split=split, mode=None if own else mode,
+                          prototype_source=None if own else source or "both", n_boot=n_boot,
+                          reserve=extra.get("reserve"), genus_insert=extra.get("genus_insert"),
+                          branch=extra.get("branch"))
+    return res
+
+
+def _lso_cell(b: Benchmark, v: Variant, recipe: Variant, *, plan_dir: Path, work: Path,
+              n_boot: int) -> dict[str, Any]:
+    """Every fold of a leave-species-out benchmark: train (or fit) on the fold, score its photos; pooled."""
+    root = _resolve(plan_dir, b.params["root"])
+    k, seed = int(b.params.get("k", 3)), int(b.params.get("seed", 0))
+    ds = read_dataset(root, check="none")
+    runs = work / "runs" / b.name
+    parts, chosen_on, minutes, loads = [], [], 0.0, []
+    for fold, fold_root in prepare_folds(root, work / "data" / b.name, k=k, seed=seed):
+        run = runs / f"fold{fold.index}" / (v.reuse or v.name)
+        cfg = load_config(_resolve(plan_dir, b.config), [f"name={run.name}", *b.overrides, *recipe.overrides])
+        # a network trains on the fold's own dataset; frozen features are embedded once, from the source, and
+        # the classifier is fitted without the held-out photos (the same training images either way)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
+            update={"root": str(root if cfg.recipe == "frozen" else fold_root)})})
+        timing = _trained(cfg, run, features=work / "features" / b.name, exclude=excluded_paths(ds, fold))
+        minutes += timing.get("minutes") or 0.0
+        loads.append(timing.get("load_average_1min"))
+        res = _evaluate(run, v, data=fold_root, n_boot=0)
+        parts.append(fold_hits(fold, res.out_dir))
+        val = _evaluate(run, v, data=fold_root, n_boot=0, split="val")
+        chosen_on.append(selection_hits(fold, res.out_dir, val.out_dir))
+    hits, selection = pd.concat(parts, ignore_index=True), pd.concat(chosen_on, ignore_index=True)
+    hits_file = runs / f"{v.name}.lso.csv"
+    atomic_write_text(hits_file, hits.to_csv(index=False))
+    atomic_write_text(runs / f"{v.name}.lso-selection.csv", selection.to_csv(index=False))
+    n = len(ds.class_ids)
+    known = [x for x in loads if x is not None]
+    return {"benchmark": b.name, "variant": v.name, "mode": res.mode, "train_minutes": round(minutes, 2),
+            "trainings": k, "images_per_s": None, "load_average_1min": max(known) if known else None,
+            "metrics": LsoOutcome(hits, n, k, minutes).metrics(n_boot=n_boot),
+            "selection_metrics": LsoOutcome(selection, n, k, minutes).metrics(n_boot=n_boot),
+            "description": v.description, "hits": hits_file.relative_to(work).as_posix()}
 
 
 def _rounded(x: float | None) -> float | None:

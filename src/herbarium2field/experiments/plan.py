@@ -10,11 +10,13 @@ import yaml
 
 from herbarium2field.errors import ConfigError
 
+KINDS = ("synth", "dataset", "drop_pairs", "lso")
+
 
 @dataclass
 class Benchmark:
     name: str
-    kind: str  # "synth" | "dataset" | "drop_pairs"
+    kind: str  # "synth" | "dataset" | "drop_pairs" | "lso" (leave-species-out on a dataset)
     config: str  # base experiment config (relative to the plan file)
     params: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
@@ -30,6 +32,7 @@ class Variant:
     mode: str = "classifier"  # or "prototype-<source>"
     description: str = ""
     reuse: str | None = None  # evaluate another variant's run (an evaluation-only ingredient)
+    inference: dict[str, Any] = field(default_factory=dict)  # evaluated with: reserve, genus_insert, branch
 
 
 @dataclass
@@ -71,6 +74,6 @@ def load_plan(path: str | Path) -> Plan:
             raise ConfigError(f"benchmark {b.name} lists unknown variants: {', '.join(unknown)}", path=path)
         if b.requires not in (None, "gpu"):
             raise ConfigError(f"benchmark {b.name}: requires must be 'gpu' or absent", path=path)
-        if b.kind not in ("synth", "dataset", "drop_pairs"):
-            raise ConfigError(f"benchmark {b.name}: kind must be synth, dataset or drop_pairs", path=path)
+        if b.kind not in KINDS:
+            raise ConfigError(f"benchmark {b.name}: kind must be one of {', '.join(KINDS)}", path=path)
     return Plan(path, benches, variants, verdict)

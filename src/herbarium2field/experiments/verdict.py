@@ -20,13 +20,20 @@ GROUPS = ("overall", "with_pairs", "without_pairs")
 
 
 def _hits(work: Path, plan: Plan, row: dict[str, Any]) -> pd.DataFrame:
-    """Per test image of one cell: top-1 hit and species group (from the cell's saved evaluation)."""
+    """Per scored photo of one cell: top-1 and top-5 hits and species group (from the cell's saved evaluation,
+    or its pooled leave-species-out answers)."""
+    if row.get("hits"):
+        h = pd.read_csv(work / row["hits"], dtype={"class_id": str})
+        image = h["path"] + "@fold" + h["fold"].astype(str)  # a test photo is scored in two folds, two roles
+        return pd.DataFrame({"image": image, "hit": (h["rank"] <= 1).astype(float),
+                             "hit5": (h["rank"] <= 5).astype(float), "group": h["group"]}).set_index("image")
     reuse = {v.name: v.reuse for v in plan.variants}
     run = work / "runs" / row["benchmark"] / (reuse.get(row["variant"]) or row["variant"])
     ev = RunPaths(run).eval_dir("test", row["mode"])
     pred = pd.read_csv(ev / "predictions.csv", dtype={"true_class_id": str})
     group = pd.read_csv(ev / "per_class.csv", dtype={"class_id": str}).set_index("class_id")["group"]
     return pd.DataFrame({"image": pred["image"], "hit": pred["correct@1"].astype(float),
+                         "hit5": (pred["rank"] <= 5).astype(float),
                          "group": pred["true_class_id"].map(group).str.replace(" ", "_")}).set_index("image")
 
 
@@ -49,12 +56,20 @@ def verdicts(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_boot: int 
                 continue
             row: dict[str, Any] = {"benchmark": bench, "group": g, "n": int(mask.sum()),
                                    "candidate": cells[v.candidate]["metrics"]["groups"][g]["top1"]}
+            row["candidate_top5"] = cells[v.candidate]["metrics"]["groups"][g]["top5"]
             for base, b in bases.items():
                 row[base] = paired_diff(b["hit"][mask].to_numpy(), cand["hit"][mask].to_numpy(), n_boot)
+                row[f"{base}_top5"] = paired_diff(b["hit5"][mask].to_numpy(), cand["hit5"][mask].to_numpy(), n_boot)
             vals = [r[g]["top1"] for r in reps if r.get(g, {}).get("top1") is not None]
             row["repeat_spread"] = [min(vals), max(vals)] if len(vals) > 1 else None
             out.append(row)
     return out
+
+
+def _cell(d: dict[str, Any] | None) -> str:
+    if not d or d.get("diff") is None:
+        return "–"
+    return f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.0f}, {100 * d['ci'][1]:+.0f}] {_verdict_word(d)}"
 
 
 def _verdict_word(d: dict[str, Any]) -> str:
@@ -68,10 +83,10 @@ def verdict_markdown(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_bo
     table = verdicts(rows, plan, work, n_boot=n_boot)
     if not table:
         return []
-    head = "| benchmark | group | n | " + " | ".join(f"{v.candidate} − {b} (top-1, pp)" for b in v.baselines)
+    head = "| benchmark | group | n | " + " | ".join(f"{v.candidate} − {b} (top-1 / top-5, pp)" for b in v.baselines)
     out = [f"### Does {v.candidate} beat {' and '.join(v.baselines)}?", "",
-           "Top-1 difference in percentage points on the same test photos, with a paired-bootstrap 95 % interval; "
-           "*better* means the interval excludes zero."
+           "Top-1 and top-5 differences in percentage points on the same photos, each with a paired-bootstrap "
+           "95 % interval; *better* / *worse* means the interval excludes zero."
            + (f" Training noise: top-1 range of {', '.join(v.repeats)} (one recipe, other seeds)." if v.repeats
               else ""), "",
            head + (" | noise range |" if v.repeats else " |"),
@@ -79,9 +94,7 @@ def verdict_markdown(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_bo
     for r in table:
         cells = []
         for b in v.baselines:
-            d = r.get(b)
-            cells.append(f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.0f}, {100 * d['ci'][1]:+.0f}] "
-                         f"{_verdict_word(d)}" if d else "–")
+            cells.append(" / ".join(_cell(r.get(key)) for key in (b, f"{b}_top5")))
         noise = (f" | {100 * r['repeat_spread'][0]:.1f}–{100 * r['repeat_spread'][1]:.1f} |"
                  if r["repeat_spread"] else (" | – |" if v.repeats else " |"))
         out.append(f"| {r['benchmark']} | {r['group'].replace('_', ' ')} | {r['n']} | " + " | ".join(cells) + noise)

@@ -32,7 +32,7 @@ from herbarium2field.models.classic_head import ABSENT, ClassicHead
 from herbarium2field.models.classifiers import make_classifier, resolve_options
 from herbarium2field.run.artefacts import Split, ValidationSet
 from herbarium2field.run.card import ModelCard, environment, package_version, read_card
-from herbarium2field.run.finalize import make_split, stamp_card, write_inference_artefacts
+from herbarium2field.run.finalize import compute_branch, make_split, stamp_card, write_inference_artefacts
 from herbarium2field.run.load import load_classic_head, load_model
 from herbarium2field.run.paths import RunPaths
 from herbarium2field.scoring.metrics import evaluate, group_masks
@@ -178,14 +178,14 @@ def _validate(model: ClassicModel, feats: Features, val: np.ndarray) -> dict[str
 
 
 def save_classic(model: ClassicModel, run_dir: str | Path, *, force: bool = False,
-                 inference: InferenceConfig | None = None) -> RunPaths:
+                 inference: InferenceConfig | None = None, num_workers: int = 2) -> RunPaths:
     """Write the run directory: the fitted model, card and environment, and what inference needs (class means
     and validation outputs from the cached features, the inference choice, the confidence threshold)."""
     paths = RunPaths(Path(run_dir))
     if paths.card.is_file() and not force:
         raise H2FError("this run directory already holds a model", path=paths.root,
                        hint="choose another --out, or pass --force to replace it")
-    if paths.root.exists() and not paths.card.is_file() and any(paths.root.iterdir()):
+    if not force and paths.root.exists() and not paths.card.is_file() and any(paths.root.iterdir()):
         raise H2FError("output folder exists and is not a run directory; refusing to write into it",
                        path=paths.root, hint="choose a new or empty folder")
     if model.features is None or model.train_rows is None or model.split is None:
@@ -209,7 +209,13 @@ def save_classic(model: ClassicModel, run_dir: str | Path, *, force: bool = Fals
     emb[~t.ok.to_numpy()[val]] = np.nan
     vset = ValidationSet(t.path[val].astype(str).to_numpy(), labels[val], domains[val], emb, None)
     run_model = load_model(paths.root, "torch", card=card, require_choice=False)
-    write_inference_artefacts(run_model, model.split, means, vset, declared=inference or InferenceConfig())
+    declared = inference or InferenceConfig()
+    if declared.branch is not None:
+        sheets = t.iloc[rows]
+        sheets = sheets[sheets.domain == "herbarium"]
+        compute_branch(run_model, Path(feats.spec.dataset_root), sheets, declared.branch.model_dump(),
+                       num_workers=num_workers).save(paths.root, card)
+    write_inference_artefacts(run_model, model.split, means, vset, declared=declared)
     return paths
 
 

@@ -208,7 +208,8 @@ def export_bundle(run: str | Path, out: str | Path, *, force: bool = False) -> B
         folder = Path(tmp) / (out.name.split(".")[0] if is_archive(out) else out.name)
         dst = RunPaths(folder)
         files = [src.card, src.environment, src.inference, src.prototypes, src.validation, src.calibration, src.split,
-                 src.onnx, src.onnx_meta] + ([src.classifier] if card.kind == "classic" else [])
+                 src.onnx, src.onnx_meta, *sorted(src.root.glob(src.branch("*").name))]
+        files += [src.classifier] if card.kind == "classic" else []
         for f in files:
             if f.is_file():
                 target = dst.root / f.relative_to(src.root)

@@ -141,19 +141,22 @@ def predict_collection(run: str | Path, source: str | Path, out: str | Path, *, 
         ends = np.cumsum([len(chunks[k]) for k in pending])
         emb = np.zeros((len(sub), model.extractor.dim), np.float32)
         scores = np.zeros((len(sub), model.card.num_classes), np.float32)
+        branch = np.zeros((len(sub), model.extractor.dim), np.float32) if model.reserve else None
         seen = 0
         next_chunk = 0
         with image_progress(len(sub), f"predicting with {model.card.name}", show=progress) as advance:
-            for pos, e, s, _ in model.iter_table(sub, photos, batches=batches, num_workers=num_workers):
-                emb[pos], scores[pos] = e, s
-                seen += len(pos)
-                advance(len(pos))
+            for b in model.iter_table(sub, photos, batches=batches, num_workers=num_workers):
+                emb[b.rows], scores[b.rows] = b.embeddings, b.scores
+                if branch is not None and b.branch is not None:
+                    branch[b.rows] = b.branch
+                seen += len(b.rows)
+                advance(len(b.rows))
                 while next_chunk < len(pending) and seen >= ends[next_chunk]:
                     lo = 0 if next_chunk == 0 else int(ends[next_chunk - 1])
                     hi = int(ends[next_chunk])
                     _write_chunk(parts, pending[next_chunk], sub.iloc[lo:hi], emb[lo:hi], scores[lo:hi], ident,
                                  fmt=fmt, top_k=top_k, sheets=sheets, combine=combine, photos=photos,
-                                 root=collection.root)
+                                 root=collection.root, branch=None if branch is None else branch[lo:hi])
                     next_chunk += 1
         done_now = len(sub)
     frames = [pd.read_parquet(parts / f"chunk-{k:05d}.parquet") for k in range(len(chunks))]
@@ -173,7 +176,8 @@ def predict_collection(run: str | Path, source: str | Path, out: str | Path, *, 
 
 
 def _write_chunk(parts: Path, k: int, rows: pd.DataFrame, emb: np.ndarray, scores: np.ndarray, ident: Identifier,
-                 *, fmt: str, top_k: int, sheets: int, combine: str, photos: PhotoFiles, root: Path) -> None:
+                 *, fmt: str, top_k: int, sheets: int, combine: str, photos: PhotoFiles, root: Path,
+                 branch: np.ndarray | None = None) -> None:
     """Answer the observations of one chunk and write its rows (and its problems) atomically."""
     ok = ~np.isnan(emb).any(axis=1)
     problems = [{"file": p, "line": _line(ln), "kind": "unreadable", "reason": _reason(p, photos)}
@@ -182,11 +186,12 @@ def _write_chunk(parts: Path, k: int, rows: pd.DataFrame, emb: np.ndarray, score
     for obs, idx in rows.groupby("observation", sort=False).indices.items():
         good = idx[ok[idx]]
         if len(good) == 0:
-            problems.append({"file": ";".join(rows.path.iloc[idx]), "line": None, "kind": "no-readable-photo",
-                             "reason": f"observation {obs}: none of its photos could be read"})
+            if len(idx) > 1:  # a single photo is already listed as unreadable
+                problems.append({"file": ";".join(rows.path.iloc[idx]), "line": None, "kind": "no-readable-photo",
+                                 "reason": f"observation {obs}: none of its {len(idx)} photos could be read"})
             continue
         ans = ident.answer(emb[good], scores[good], top_k=top_k, sheets=sheets if fmt == "table" else 0, nearest=0,
-                           method=combine)
+                           method=combine, branch=None if branch is None else branch[good])
         records += _rows(obs, [_shown(p, root) for p in rows.path.iloc[good]], ans, fmt)
     frame = pd.DataFrame.from_records(records)
     with atomic_path(parts / f"chunk-{k:05d}.parquet") as tmp:

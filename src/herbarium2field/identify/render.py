@@ -34,6 +34,8 @@ def print_identification(console: Console, answer: dict[str, Any]) -> None:
         name = Text(r["species"], style="italic" + (" bold" if r["rank"] == 1 else ""))
         if not r["with_pairs"]:
             name.append(" (herbarium only)", style="dim")
+        if r.get("reserved"):
+            name.append(f" [placed by its sheets, match {r['sheet_match']:.2f}]", style="dim")
         table.add_row(str(r["rank"]), name, r["class_id"], confidence_bar(r["score"]), sheets)
     console.print(table)
     genus_level = (answer.get("answer") or {}).get("level") == "genus"

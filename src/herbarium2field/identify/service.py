@@ -19,6 +19,7 @@ JSON answer (``Identifier.identify``)::
       "results": [                                    # top-k species, best first
         {"rank", "class_id", "species", "genus", "score",  # score = combined confidence in [0, 1]
          "with_pairs",                                # species had field photos in training
+         "reserved", "sheet_match",                   # placed in the top 5 by its sheets (inference.reserve)
          "herbarium": [{"id", "image_id", "class_id", "species", "path", "similarity", "photo"}]}
       ],
       "nearest_sheets": [ ...same sheet objects, any species... ],
@@ -47,8 +48,9 @@ from herbarium2field.identify.checklist import Checklist, make_checklist, match_
 from herbarium2field.retrieval.gallery import Gallery
 from herbarium2field.run.artefacts import load_calibration
 from herbarium2field.run.card import ModelCard
-from herbarium2field.run.load import RunModel, load_model
+from herbarium2field.run.load import RunModel, herbarium_only, load_model
 from herbarium2field.scoring.combine import COMBINE_METHODS, combine, combine_embeddings, log_probabilities
+from herbarium2field.scoring.reserve import WITHIN, reserved_keys
 from herbarium2field.scoring.threshold import DEFAULT_TARGET, describe_threshold
 
 
@@ -118,17 +120,19 @@ class Identifier:
                  checklist: Checklist | None = None) -> dict[str, Any]:
         """Identify one plant from one or more photos (see the module doc for the answer's layout)."""
         start = time.perf_counter()
-        emb, scores = self.model.predict(list(images))
+        emb, scores, branch = self.model.predict_with_branch(list(images))
         names = list(names) if names is not None else [f"photo {i + 1}" for i in range(len(images))]
         answer = self.answer(emb, scores, top_k=top_k, sheets=sheets, nearest=nearest, method=method,
-                             checklist=checklist)
+                             checklist=checklist, branch=branch)
         answer["photos"] = [{"name": n} for n in names]
         answer["seconds"] = round(time.perf_counter() - start, 4)
         return answer
 
     def answer(self, emb: np.ndarray, scores: np.ndarray, *, top_k: int = 5, sheets: int = 3, nearest: int = 6,
-               method: str = "probabilities", checklist: Checklist | None = None) -> dict[str, Any]:
-        """The answer for the outputs of one plant's photos (``emb [P, D]``, ``scores [P, C]``)."""
+               method: str = "probabilities", checklist: Checklist | None = None,
+               branch: np.ndarray | None = None) -> dict[str, Any]:
+        """The answer for the outputs of one plant's photos (``emb [P, D]``, ``scores [P, C]``; ``branch``: the
+        photos as the sheet branch sees them, when the run reserves places for herbarium-only species)."""
         if method not in COMBINE_METHODS:
             raise ValueError(f"unknown combination {method!r}")
         checklist = checklist or self.checklist
@@ -137,7 +141,19 @@ class Identifier:
             lp = checklist.restrict(lp)
         probs = combine(lp, method)
         top_k = max(1, min(top_k, int((probs > 0).sum())))  # impossible species (outside a checklist) are not listed
-        order = np.argsort(-probs, kind="stable")[:top_k]
+        reserved: set[int] = set()
+        sims = None
+        if self.model.reserve and branch is not None:
+            sims = self.model.branch_sims(branch).max(axis=0)  # the best photo for each species' sheets
+            if checklist is not None:
+                sims = np.where(checklist.mask, sims, -np.inf)
+            with np.errstate(divide="ignore"):
+                base = np.log(probs)[None]
+            keys = reserved_keys(base, sims[None], herbarium_only(self.card), self.model.reserve)[0]
+            order = np.argsort(-keys, kind="stable")[:top_k]
+            reserved = {int(i) for i in order[:WITHIN]} - {int(i) for i in np.argsort(-probs, kind="stable")[:WITHIN]}
+        else:
+            order = np.argsort(-probs, kind="stable")[:top_k]
         queries = emb if method == "probabilities" else combine_embeddings(emb)[None]
         tax = self.taxonomy
         results = []
@@ -150,6 +166,8 @@ class Identifier:
                 "genus": tax.genera[tax.genus_of_class[int(ci)]],
                 "score": round(float(probs[ci]), 4),
                 "with_pairs": cid in self.with_pairs,
+                "reserved": int(ci) in reserved,  # placed by its sheets' likeness (a herbarium-only candidate)
+                "sheet_match": round(float(sims[ci]), 4) if sims is not None and np.isfinite(sims[ci]) else None,
                 "herbarium": [m.to_dict() for m in self.gallery.best_in_class(queries, cid, sheets)]
                 if self.gallery is not None and sheets else [],
             })

@@ -31,6 +31,7 @@ class ExtractorSpec:
     weights: str | None = None  # a local file or "efficientnet_lite0:offline"
     pretrained: bool = False  # timm/Hugging Face hub weights (needs internet)
     random_init: bool = False  # embed with random weights on purpose (a control, never a baseline)
+    grey: bool = False  # colour-invariant input (greyscale images)
     size: int | None = None  # input size; default: the backbone's pretrained_cfg
     mean: tuple[float, float, float] | None = None  # override the normalisation (default: pretrained_cfg)
     std: tuple[float, float, float] | None = None
@@ -84,6 +85,7 @@ def build_frozen(spec: ExtractorSpec, *, precision: str = "auto") -> FrozenBackb
         pre.mean = tuple(float(x) for x in spec.mean)  # type: ignore[assignment]
     if spec.std is not None:
         pre.std = tuple(float(x) for x in spec.std)  # type: ignore[assignment]
+    pre.grey = spec.grey
     warnings = []
     if report is not None and report.missing:
         warnings.append(f"{len(report.missing)} backbone tensors were not in the weights file and keep their "
@@ -128,6 +130,7 @@ def spec_from_record(backbone: str, weights: str, preprocessing: dict[str, Any],
         size=pre.input_size,
         mean=pre.mean,
         std=pre.std,
+        grey=pre.grey,
         timm_kwargs=dict(source.get("timm_kwargs") or {}),
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from herbarium2field.errors import H2FError
+from herbarium2field.hashing import lines_sha256
 from herbarium2field.io import atomic_path, write_json
 from herbarium2field.run.card import ModelCard, outdated
 from herbarium2field.run.fingerprint import model_fingerprint, same_model
@@ -137,6 +138,9 @@ class InferenceChoice:
     shift: float = 1.0
     scale: float = 15.0
     label: str = "classifier"  # how evaluation names it: classifier, prototype-<declared source>
+    reserve: int = 0  # places of the top 5 for herbarium-only species, ranked by the sheet branch
+    branch: dict[str, Any] | None = None  # the sheet views' settings (data.sheet_views.SheetViews)
+    genus_insert: float | None = None  # lift herbarium-only species to a congener's log-probability minus this
     declared: dict[str, Any] = field(default_factory=dict)  # what the config asked for
     evidence: dict[str, Any] = field(default_factory=dict)  # how the values were chosen
     model: dict[str, Any] = field(default_factory=dict)
@@ -161,10 +165,48 @@ class InferenceChoice:
 
     def describe(self) -> str:
         if self.mode == "classifier":
-            return "ranked by the classifier"
-        extra = f", field weight {self.field_weight:g}, shift {self.shift:g}" \
-            if self.prototype_source in ("weighted", "shifted") else ""
-        return f"ranked by {self.prototype_source} prototypes ({self.label}{extra})"
+            text = "ranked by the classifier"
+        else:
+            extra = f", field weight {self.field_weight:g}, shift {self.shift:g}" \
+                if self.prototype_source in ("weighted", "shifted") else ""
+            text = f"ranked by {self.prototype_source} prototypes ({self.label}{extra})"
+        if self.genus_insert is not None:
+            text += f"; herbarium-only species lifted to their congeners' score minus {self.genus_insert:g}"
+        if self.reserve:
+            text += f"; {self.reserve} of the top 5 places for herbarium-only species matched to their sheets"
+        return text
+
+
+# ---- the herbarium-only branch ---------------------------------------------------------------------------
+
+
+@dataclass
+class Branch:
+    """Embeddings of the views of every training sheet (``data.sheet_views``) and the class of each view."""
+
+    views: np.ndarray  # [V, D] float32, L2-normalised
+    view_class: np.ndarray  # [V] class index
+    settings: dict[str, Any]  # SheetViews settings
+
+    @staticmethod
+    def key(settings: dict[str, Any]) -> str:
+        return lines_sha256([json.dumps(settings, sort_keys=True)])[:12]
+
+    def save(self, run: Path, card: ModelCard) -> None:
+        with atomic_path(RunPaths(run).branch(self.key(self.settings))) as tmp, open(tmp, "wb") as f:
+            np.savez(f, views=self.views.astype(np.float32), view_class=self.view_class,
+                     settings=json.dumps(self.settings), model=json.dumps(model_fingerprint(card, run)))
+
+    @classmethod
+    def load(cls, run: Path, card: ModelCard, settings: dict[str, Any]) -> Branch | None:
+        """The run's branch made with ``settings``, or None when it has none."""
+        path = RunPaths(run).branch(cls.key(settings))
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            if not same_model(json.loads(str(z["model"])), card):
+                raise _stale(run, path.name)
+            return cls(z["views"], z["view_class"], json.loads(str(z["settings"])))
 
 
 # ---- the confidence threshold ---------------------------------------------------------------------------

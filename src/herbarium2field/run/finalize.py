@@ -17,15 +17,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
 from herbarium2field.config import InferenceConfig, load_config
 from herbarium2field.data.cache import ImageSource
 from herbarium2field.data.datasets import DOMAIN_CODES
 from herbarium2field.data.loaders import image_source
 from herbarium2field.data.manifest import Dataset, labels_of
+from herbarium2field.data.sheet_views import SheetViewDataset, SheetViews
 from herbarium2field.data.split import validation_mask
 from herbarium2field.models.inference import infer_table
+from herbarium2field.progress import image_progress
 from herbarium2field.run.artefacts import (
+    Branch,
     InferenceChoice,
     Split,
     ValidationSet,
@@ -90,7 +95,43 @@ def finalize_run(model: RunModel, split: Split, train: pd.DataFrame, val: pd.Dat
     val_out = _infer(model, val, source, description="validation images", **kw)
     means = ClassMeans.from_embeddings(train_out[0], labels_of(train, index), domain_codes(train), card.num_classes)
     vset = ValidationSet(val.path.astype(str).to_numpy(), labels_of(val, index), domain_codes(val), *val_out)
+    sheets = pd.concat([train, val])
+    sheets = sheets[sheets.domain == "herbarium"]
+    if declared.branch is not None:
+        compute_branch(model, Path(source.root), sheets, declared.branch.model_dump(), **kw).save(model.run, card)
     return write_inference_artefacts(model, split, means, vset, declared=declared, scale=scale, target=target)
+
+
+def compute_branch(model: RunModel, root: Path, sheets: pd.DataFrame, settings: dict[str, Any], *,
+                   batch_size: int = 64, num_workers: int = 2, progress: bool = False) -> Branch:
+    """Embed every view of every sheet (``data.sheet_views``) with the run's extractor."""
+    data = SheetViewDataset(root, sheets.path.astype(str).tolist(), SheetViews(**settings), model.pre)
+    loader = DataLoader(data, batch_size=None, num_workers=num_workers)
+    index = {c: i for i, c in enumerate(model.card.class_ids)}
+    classes = [index.get(str(c), -1) for c in sheets.class_id]
+    views: list[np.ndarray] = []
+    owners: list[int] = []
+    pending: list[torch.Tensor] = []
+    pending_owner: list[int] = []
+
+    def flush() -> None:
+        if pending:
+            views.append(model.extractor(torch.cat(pending))[0])
+            owners.extend(pending_owner)
+            pending.clear()
+            pending_owner.clear()
+
+    with image_progress(len(data), "herbarium sheet views", show=progress) as advance:
+        for x, i in loader:
+            if len(x) and classes[int(i)] >= 0:
+                pending.append(x)
+                pending_owner.extend([classes[int(i)]] * len(x))
+                if sum(len(t) for t in pending) >= batch_size:
+                    flush()
+            advance(1)
+    flush()
+    emb = np.concatenate(views) if views else np.zeros((0, model.extractor.dim), np.float32)
+    return Branch(emb.astype(np.float32), np.asarray(owners, dtype=np.int64), dict(settings))
 
 
 def _infer(model: RunModel, table: pd.DataFrame, source: ImageSource, **kw: Any
@@ -122,6 +163,14 @@ def choose_inference(means: ClassMeans, val: ValidationSet, *, declared: Inferen
                      classifier: Scorer | None = None) -> InferenceChoice:
     """The config's ranking: ``auto`` chosen on the validation photos (:func:`choose_ranking`), a
     ``calibrated`` prototype source resolved on them, anything else as declared."""
+    choice = _ranking(means, val, declared=declared, scale=scale, classifier=classifier)
+    choice.reserve, choice.genus_insert = declared.reserve, declared.genus_insert
+    choice.branch = declared.branch.model_dump() if declared.branch is not None else None
+    return choice
+
+
+def _ranking(means: ClassMeans, val: ValidationSet, *, declared: InferenceConfig, scale: float,
+             classifier: Scorer | None) -> InferenceChoice:
     d = declared.model_dump()
     if declared.mode == "classifier":
         return InferenceChoice(mode="classifier", label="classifier", scale=scale, declared=d,

@@ -18,6 +18,7 @@ import json
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,16 +33,19 @@ from herbarium2field.data.cache import ImageSource
 from herbarium2field.data.transforms import Preprocessing
 from herbarium2field.errors import H2FError
 from herbarium2field.models.classic_head import ClassicHead
-from herbarium2field.models.extractor import Extractor, OnnxExtractor, TorchExtractor
+from herbarium2field.models.extractor import Extractor, GreyscaleExtractor, OnnxExtractor, TorchExtractor
 from herbarium2field.models.frozen import frozen_from_record
 from herbarium2field.models.inference import forward, input_transform, iter_table
 from herbarium2field.models.network import H2FNet
-from herbarium2field.run.artefacts import InferenceChoice, load_class_means
+from herbarium2field.run.artefacts import Branch, InferenceChoice, load_class_means
 from herbarium2field.run.bundle import open_run
-from herbarium2field.run.card import ModelCard, read_card
+from herbarium2field.run.card import ModelCard, outdated, read_card
 from herbarium2field.run.fingerprint import check_weights, same_model
 from herbarium2field.run.paths import RunPaths
+from herbarium2field.scoring.combine import log_probabilities
 from herbarium2field.scoring.prototypes import prototype_scores
+from herbarium2field.scoring.reserve import reserved_keys, view_scores
+from herbarium2field.scoring.taxonomy import lift_congeners
 from herbarium2field.system import usable_cores
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -103,8 +107,48 @@ class PrototypeScorer:
 # ---- the model ----------------------------------------------------------------------------------------
 
 
+class GenusLift:
+    """Genus sharing on top of another scorer (:func:`~herbarium2field.scoring.taxonomy.lift_congeners`):
+    log-probabilities where herbarium-only species get their best congener's minus a margin."""
+
+    name, kind = "genus", "logits"
+
+    def __init__(self, base: Scorer, card: ModelCard, margin: float) -> None:
+        self.base, self.margin, self.taxonomy = base, float(margin), card.taxonomy()
+        self.herbarium_only = herbarium_only(card)
+        self.name = base.name
+
+    def __call__(self, emb: np.ndarray, logits: np.ndarray | None, domain: str | np.ndarray = "field") -> np.ndarray:
+        scores = self.base(emb, logits, domain)
+        bad = np.isnan(scores).any(axis=1)
+        lp = lift_congeners(log_probabilities(np.nan_to_num(scores, nan=0.0), self.base.kind), self.taxonomy,
+                            self.herbarium_only, self.margin)
+        lp[bad] = np.nan
+        return lp
+
+
+def herbarium_only(card: ModelCard) -> np.ndarray:
+    """Bool per class: no field photo of it was seen in training."""
+    pairs = set(card.with_pairs)
+    return np.array([c not in pairs for c in card.class_ids], dtype=bool)
+
+
+@dataclass
+class Scored:
+    """One batch of a run's answers over a table: rows, embeddings, scores, readable flags and, when the
+    ranking reserves places, the photos' embeddings for the sheet branch."""
+
+    rows: np.ndarray
+    embeddings: np.ndarray
+    scores: np.ndarray
+    ok: np.ndarray
+    branch: np.ndarray | None = None
+
+
 class RunModel:
-    """A run's extractor and its scorers: images in, ``(embeddings [N, D], scores [N, C])`` out."""
+    """A run's extractor and its scorers: images in, ``(embeddings [N, D], scores [N, C])`` out; with reserved
+    places (``inference.reserve``) also the ranking keys that put herbarium-only species matched to their
+    sheets into the top 5 (:mod:`herbarium2field.scoring.reserve`)."""
 
     def __init__(self, run: Path, card: ModelCard, extractor: Extractor, classifier: Scorer,
                  choice: InferenceChoice | None, backend: str) -> None:
@@ -112,6 +156,10 @@ class RunModel:
         self.classifier = classifier  # the head or the fitted classifier
         self.choice = choice
         self.scorer: Scorer = self.scorer_for(choice) if choice is not None else classifier
+        self.branch: Branch | None = None
+        self.branch_extractor: Extractor | None = None
+        if choice is not None and choice.reserve:
+            self.use_branch(settings=choice.branch)
         self._lock = threading.Lock()
 
     @property
@@ -128,31 +176,65 @@ class RunModel:
 
     def scorer_for(self, choice: InferenceChoice) -> Scorer:
         """The scorer of an inference choice (the run's own, or another one to evaluate)."""
-        if choice.mode == "classifier":
-            return self.classifier
-        return PrototypeScorer(choice.prototypes(load_class_means(self.run, self.card)), choice.scale)
+        base: Scorer = self.classifier if choice.mode == "classifier" else PrototypeScorer(
+            choice.prototypes(load_class_means(self.run, self.card)), choice.scale)
+        return GenusLift(base, self.card, choice.genus_insert) if choice.genus_insert is not None else base
+
+    def use_branch(self, branch: Branch | None = None, settings: dict[str, Any] | None = None) -> None:
+        """Load (or take) the sheet views of the herbarium-only branch and the photo's view of them."""
+        self.branch = branch or Branch.load(self.run, self.card, settings or {})
+        if self.branch is None:
+            raise outdated(self.run, "branch-*.npz (the sheet views its reserved places rank by)")
+        grey = self.branch.settings.get("colour", "grey") == "grey"
+        self.branch_extractor = GreyscaleExtractor(self.extractor) if grey else self.extractor
+
+    @property
+    def reserve(self) -> int:
+        return self.choice.reserve if self.choice is not None and self.branch is not None else 0
+
+    def branch_sims(self, branch_emb: np.ndarray) -> np.ndarray:
+        """``[N, C]`` best cosine of each photo (as the branch sees it) to each species' sheet views."""
+        assert self.branch is not None
+        return view_scores(branch_emb, self.branch.views, self.branch.view_class, self.card.num_classes)
+
+    def keys(self, scores: np.ndarray, branch_emb: np.ndarray | None, reserve: int | None = None) -> np.ndarray | None:
+        """Ranking keys with ``reserve`` places (default: the run's) for herbarium-only species; None without."""
+        k = self.reserve if reserve is None else reserve
+        if not k or self.branch is None or branch_emb is None:
+            return None
+        keys = reserved_keys(np.nan_to_num(scores, nan=-np.inf), self.branch_sims(branch_emb),
+                             herbarium_only(self.card), k)
+        keys[np.isnan(scores).any(axis=1)] = np.nan
+        return keys
 
     def predict(self, images: Sequence[Image.Image], tta: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        emb, scores, _ = self.predict_with_branch(images, tta)
+        return emb, scores
+
+    def predict_with_branch(self, images: Sequence[Image.Image], tta: str | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(embeddings, scores, branch embeddings | None)`` of in-memory photos."""
         if not images:
             raise ValueError("no images to predict")
         transform = input_transform(self.pre, tta)
         x = torch.stack([transform(img.convert("RGB")) for img in images])  # outside the lock
         with self._lock:
             emb, logits = forward(self.extractor, x)
-        return emb, self.scorer(emb, logits)
+            branch = forward(self.branch_extractor, x)[0] if self.branch_extractor is not None else None
+        return emb, self.scorer(emb, logits), branch
 
-    def iter_table(self, table: pd.DataFrame, source: ImageSource, **kwargs: Any
-                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """``(rows, embeddings, scores, ok)`` per batch over a dataset table (NaN where unreadable)."""
-        for b in iter_table(_Locked(self.extractor, self._lock), table, source, **kwargs):
-            yield b.rows, b.embeddings, self.scorer(b.embeddings, b.logits), b.ok
+    def iter_table(self, table: pd.DataFrame, source: ImageSource, **kwargs: Any) -> Iterator[Scored]:
+        """The answers per batch over a dataset table (NaN where unreadable)."""
+        branch = _Locked(self.branch_extractor, self._lock) if self.branch_extractor is not None else None
+        for b in iter_table(_Locked(self.extractor, self._lock), table, source, branch=branch, **kwargs):
+            yield Scored(b.rows, b.embeddings, self.scorer(b.embeddings, b.logits), b.ok, b.branch)
 
     def predict_table(self, table: pd.DataFrame, source: ImageSource, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """The same for every row of a dataset table, batched; unreadable rows come back as NaN."""
+        """Embeddings and scores of every row of a dataset table, batched; unreadable rows come back as NaN."""
         embs, scores = [], []
-        for _, e, s, _ in self.iter_table(table, source, **kwargs):
-            embs.append(e)
-            scores.append(s)
+        for b in self.iter_table(table, source, **kwargs):
+            embs.append(b.embeddings)
+            scores.append(b.scores)
         if not embs:
             return np.zeros((0, self.extractor.dim), np.float32), np.zeros((0, self.card.num_classes), np.float32)
         return np.concatenate(embs), np.concatenate(scores)

@@ -13,6 +13,7 @@ runs/<name>/
   validation.npz        validation photos: paths, labels, embeddings, head logits
   inference.json        how the run ranks species (mode, prototype source, field weight, shift) and why
   calibration.json      the "no confident match" threshold and its precision/coverage on validation
+  branch-<key>.npz      herbarium sheet views for the herbarium-only branch (when the ranking reserves places)
   gallery/              herbarium sheets: embeddings, faiss index, thumbnails (h2f index)
   export/               model.onnx + meta.json (h2f export)
   embeddings/           cached outputs of evaluated splits
@@ -98,6 +99,10 @@ class RunPaths:
     @property
     def calibration(self) -> Path:
         return self.root / "calibration.json"
+
+    def branch(self, key: str) -> Path:
+        """Sheet views of the herbarium-only branch made with one set of settings (``key``: their hash)."""
+        return self.root / f"branch-{key}.npz"
 
     # ---- derived by later commands
     @property

@@ -239,6 +239,26 @@ def evaluate(
     Python types only, so the result goes straight to JSON.
     """
     s, y = _check(scores, labels)
+    return evaluate_ranks(_ranks(s, y), y, s.shape[1], groups, ks=ks, n_boot=n_boot, seed=seed, ci=ci)
+
+
+def evaluate_ranks(
+    r: Any,
+    labels: Any,
+    n_classes: int,
+    groups: Mapping[str, Any] | None = None,
+    ks: Iterable[int] = (1, 5),
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict[str, Any]:
+    """:func:`evaluate` from the rank of each image's true class (1 = first; ``n_classes + 1`` = not
+    ranked / unknown label), e.g. pooled over several models scored on disjoint images (leave-species-out)."""
+    r = np.asarray(r, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.int64)
+    if r.shape != y.shape or r.ndim != 1:
+        raise ScoreError(f"ranks and labels must be equal-length 1-D arrays, got {r.shape} and {y.shape}")
+    n_cls = int(n_classes)
     ks = [_check_k(k) for k in ks]
     if not ks:
         raise ScoreError("ks must name at least one k (e.g. ks=(1, 5))")
@@ -247,7 +267,7 @@ def evaluate(
         raise ScoreError(f"ci must be between 0 and 1 (e.g. 0.95), got {ci}")
     if n_boot < 0:
         raise ScoreError(f"n_boot must be >= 0, got {n_boot}")
-    n, n_cls = s.shape
+    n = len(r)
     masks: dict[str, np.ndarray] = {"overall": np.ones(n, dtype=bool)}
     for name, m in (groups or {}).items():
         if name == "overall":
@@ -259,7 +279,6 @@ def evaluate(
                 f"shape {mm.shape}, dtype {mm.dtype}"
             )
         masks[str(name)] = mm
-    r = _ranks(s, y)
     alpha = (1.0 - ci) / 2.0
     names = _metric_names(ks)
     out_groups: dict[str, Any] = {}

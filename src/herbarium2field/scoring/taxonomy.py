@@ -69,3 +69,21 @@ class Taxonomy:
         if self.family_of_genus is None or self.family_of_genus[genus] < 0:
             return None
         return self.families[int(self.family_of_genus[genus])]
+
+
+def lift_congeners(log_probs: np.ndarray, taxonomy: Taxonomy, herbarium_only: np.ndarray, margin: float
+                   ) -> np.ndarray:
+    """Genus sharing at inference: a herbarium-only species gets at least its best congener-with-photos'
+    log-probability minus ``margin`` (renormalised). A photo the classifier gives to *Euphorbia hirta* then
+    also brings up the *Euphorbia* it never saw in the field; species outside such genera are unchanged."""
+    lp = np.atleast_2d(np.asarray(log_probs, dtype=np.float64))
+    out = lp.copy()
+    has_photos = ~np.asarray(herbarium_only, dtype=bool)
+    for g in range(taxonomy.num_genera):
+        members = taxonomy.species_in(g)
+        donors, takers = members[has_photos[members]], members[~has_photos[members]]
+        if len(donors) and len(takers):
+            best = lp[:, donors].max(axis=1, keepdims=True) - margin
+            out[:, takers] = np.maximum(lp[:, takers], best)
+    top = out.max(axis=1, keepdims=True)
+    return out - top - np.log(np.exp(out - top).sum(axis=1, keepdims=True))

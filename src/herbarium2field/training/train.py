@@ -79,6 +79,7 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, progress: bool =
     module = H2FLightningModule(cfg, len(ds.species), class_counts=dm.class_counts(),
                                 with_pairs=np.array([c in ds.with_pairs for c in ds.class_ids]))
     pre = preprocessing_for(module.net.backbone, weights=cfg.model.weights, image_size=cfg.data.image_size)
+    pre.grey = cfg.data.grey
     dm.set_preprocessing(pre)
     if module.net.load_report is not None and rank_zero_only.rank == 0:
         print(module.net.load_report.summary())
@@ -218,9 +219,10 @@ def _write_card(paths: RunPaths, cfg: ExperimentConfig, ds, dm: H2FDataModule, p
     return card
 
 
-def train_from_cli(config: str | Path | None, *, data: str | None, name: str | None, overrides: list[str],
-                   resume: Path | None) -> RunPaths:
-    """Merge CLI options into the config (``--data``/``--name`` win over the file) and train."""
+def config_from_cli(config: str | Path | None, *, data: str | None, name: str | None, overrides: list[str],
+                    resume: Path | None) -> ExperimentConfig:
+    """The experiment config of a ``h2f train`` call: the file (``--data``/``--name`` win over it), or the
+    resumed run's own saved config."""
     sets = list(overrides)
     if data is not None:
         sets.append(f"data.root={data}")
@@ -229,5 +231,5 @@ def train_from_cli(config: str | Path | None, *, data: str | None, name: str | N
     if resume is not None:
         if config is not None or sets:
             raise H2FError("--resume continues a run with its own saved config; drop CONFIG/--data/--name/--set")
-        return train(load_config(Path(resume) / "config.yaml"), resume=resume)
-    return train(load_config(config, sets))  # no CONFIG: the defaults of herbarium2field.config
+        return load_config(RunPaths(Path(resume)).config)
+    return load_config(config, sets)  # no CONFIG: the defaults of herbarium2field.config

@@ -170,7 +170,8 @@
     const nameLine = el("div", { class: "species-line" },
       el("h3", { class: "species", text: r.species }),
       el("span", { class: "class-id", text: `id ${r.class_id}` }),
-      r.with_pairs ? null : el("span", { class: "badge", title: "No field photos of this species were seen in training", text: "herbarium only" }));
+      r.with_pairs ? null : el("span", { class: "badge", title: "No field photos of this species were seen in training", text: "herbarium only" }),
+      r.reserved ? el("span", { class: "badge reserved", title: `A place kept for species known only from herbarium sheets: its sheets look like your photo (match ${(r.sheet_match || 0).toFixed(2)}); the percentage is the classifier's`, text: "placed by its sheets" }) : null);
     const bar = el("div", { class: "bar", role: "meter", "aria-valuemin": "0", "aria-valuemax": "100",
       "aria-valuenow": String(Math.round(r.score * 100)), "aria-label": `Confidence for ${r.species}` },
     el("span"));
