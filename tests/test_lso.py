@@ -209,3 +209,36 @@ def test_frozen_recipe_trains_by_config_and_answers_with_reserved_places(synth_s
     assert all(r["sheet_match"] is not None for r in reserved)
     top = sorted(ans["results"], key=lambda r: -r["score"])[0]
     assert ans["results"][0]["class_id"] == top["class_id"]  # the top answer is the classifier's
+
+
+def _selection_file(work: Path, variant: str, ranks: dict[str, list[int]]) -> dict:
+    """One variant's selection hits (``{group: ranks}``) as the LSO cell writes them, and its ablation row."""
+    rows = [{"path": f"{g}/{i}.jpg", "fold": 0, "group": g, "class_id": "1", "rank": r}
+            for g, rs in ranks.items() for i, r in enumerate(rs)]
+    d = work / "runs" / "real"
+    d.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(d / f"{variant}.lso-selection.csv", index=False)
+    wo = ranks["without_pairs"]
+    return {"benchmark": "real", "variant": variant, "train_minutes": 1.0,
+            "selection_metrics": {"groups": {"without_pairs": {"top5": float(np.mean(np.array(wo) <= 5))}}}}
+
+
+def test_the_written_rule_recommends_only_a_recipe_that_beats_every_baseline_where_it_must(tmp_path):
+    from herbarium2field.experiments.recommend import recommend
+
+    wp_good, wo_none = [1] * 30 + [8] * 10, [40] * 60
+    rows = [
+        _selection_file(tmp_path, "base_a", {"with_pairs": wp_good, "without_pairs": wo_none}),
+        _selection_file(tmp_path, "base_b", {"with_pairs": wp_good, "without_pairs": [3] * 6 + [40] * 54}),
+        # lifts herbarium-only species and keeps the species with photos: eligible
+        _selection_file(tmp_path, "lift", {"with_pairs": wp_good, "without_pairs": [2] * 24 + [40] * 36}),
+        # lifts them further but loses the species with photos: not eligible
+        _selection_file(tmp_path, "greedy", {"with_pairs": [9] * 40, "without_pairs": [2] * 40 + [40] * 20}),
+        # no better than base_b on herbarium-only species: not eligible
+        _selection_file(tmp_path, "same", {"with_pairs": wp_good, "without_pairs": [3] * 6 + [40] * 54}),
+    ]
+    res = recommend(rows, tmp_path, benchmark="real", baselines=["base_a", "base_b"], n_boot=300)
+    eligible = {c["variant"]: c["eligible"] for c in res["candidates"]}
+    assert eligible == {"lift": True, "greedy": False, "same": False}
+    assert res["recommended"] == "lift"
+    assert recommend(rows, tmp_path, benchmark="real", baselines=["base_a", "missing"])["recommended"] is None

@@ -205,3 +205,20 @@ def test_a_folder_is_read_by_content_not_names(tmp_path):
     os.remove(tmp_path / "c.jpg")
     shutil.rmtree(tmp_path / "a")
     assert read_collection(tmp_path).table.observation.tolist() == ["b.png"]
+
+
+def test_an_unlabelled_test_set_is_mapped_and_reported(tiny_run, synth_small, tmp_path):
+    from herbarium2field.evaluation.report import build_report
+    from herbarium2field.evaluation.tsne_runs import tsne_runs
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    data = tmp_path / "unlabelled"
+    shutil.copytree(synth_small, data)
+    (data / "list" / "groundtruth.txt").unlink()
+    res = tsne_runs([run], tmp_path / "tsne", split="all", perplexity=5, data=str(data))
+    points = pd.read_csv(res["csv"], dtype={"class_id": str})
+    assert (points.class_id == "unlabelled").sum() == 12 and res["numbers"]["runs"][0]["silhouette"] is not None
+    md, _ = build_report(run, data=data)
+    text = md.read_text()
+    assert "no ground truth" in text and "t-SNE" in text

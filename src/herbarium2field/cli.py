@@ -71,6 +71,8 @@ def synth(
         typer.Option("--without-pairs", help="Share of species with herbarium sheets only in training."),
     ] = 0.4,
     test_per_species: Annotated[int, typer.Option(help="Test field photos per species (all species).")] = 3,
+    genus_size: Annotated[int, typer.Option(
+        help="Species per genus: congeners share a genus name and a look (1 = every species alone).")] = 1,
     workers: Annotated[int, typer.Option(help="Processes (0 = all available cores).")] = 0,
     contact_sheet: Annotated[
         bool, typer.Option("--contact-sheet/--no-contact-sheet", help="Also write OUT/contact_sheet.png.")
@@ -93,6 +95,7 @@ def synth(
         size=size,
         imbalance=imbalance,
         seed=seed,
+        genus_size=genus_size,
         workers=workers,
         progress=True,
     )
@@ -308,6 +311,8 @@ def tsne(
     layout: Annotated[str, typer.Option(help="rows (stacked, the headline figure) | cols.")] = "rows",
     out: Annotated[Path | None, typer.Option(help="Output folder (default: tsne/<run names>).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    data: Annotated[str | None, typer.Option(
+        help="Map another dataset's images (an unlabelled test set is shown in its own colour).")] = None,
 ) -> None:
     """t-SNE of the embeddings, several runs side by side, with silhouette and domain-mixing scores."""
     from herbarium2field.evaluation.tsne_runs import tsne_runs
@@ -315,7 +320,8 @@ def tsne(
     if split not in ("test", "train", "val", "all"):
         raise typer.BadParameter(f"--split must be test, train, val or all, not {split!r}")
     out = out or Path("tsne") / "_vs_".join(r.name for r in runs)
-    res = tsne_runs(runs, out, split=split, perplexity=perplexity, seed=seed, color_by=color_by, layout=layout)
+    res = tsne_runs(runs, out, split=split, perplexity=perplexity, seed=seed, color_by=color_by, layout=layout,
+                    data=data)
     for r in res["numbers"]["runs"]:
         sil, mix = r["silhouette"], r["domain_mixing"]
         console.print(f"{r['run']}: silhouette {sil if sil is None else f'{sil:.3f}'}, "
@@ -341,16 +347,19 @@ def compare(
     console.print(f"wrote [bold]{out / 'comparison.md'}[/bold] and {png}")
 
 
-@app.command(epilog="Examples:\n\n  h2f report runs/demo_arcface\n\n  h2f report runs/lite0_logreg --no-tsne")
+@app.command(epilog="Examples:\n\n  h2f report runs/demo_arcface\n\n  h2f report runs/lite0_logreg --no-tsne\n\n"
+             "  h2f report runs/demo_arcface --data field_trip_unlabelled  # predictions and a map, no accuracy")
 def report(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     split: Annotated[str, typer.Option(help="Split whose evaluations are reported.")] = "test",
     tsne: Annotated[bool, typer.Option("--tsne/--no-tsne", help="Include a t-SNE map.")] = True,
+    data: Annotated[Path | None, typer.Option(
+        help="Report on another dataset's test split (labelled or not) instead of the run's own.")] = None,
 ) -> None:
     """One report.md (+ self-contained HTML) with config, dataset, curves, metrics, confusions, t-SNE."""
     from herbarium2field.evaluation.report import build_report
 
-    md, html = build_report(run, split=split, with_tsne=tsne)
+    md, html = build_report(run, split=split, with_tsne=tsne, data=data)
     console.print(f"wrote [bold]{md}[/bold] and {html}")
 
 
@@ -689,6 +698,8 @@ def ablate(
     out: Annotated[Path, typer.Option(help="Markdown table (a .json beside it).")] = Path("docs/ablation_results.md"),
     only: Annotated[list[str] | None, typer.Option(help="Benchmark, variant or bench/variant to run.")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    merge: Annotated[bool, typer.Option(
+        "--merge", help="Keep the cells already in OUT's JSON that this run does not measure.")] = False,
 ) -> None:
     """Train + evaluate every ingredient on/off on every benchmark; one table with CIs and training cost."""
     from herbarium2field.experiments.ablation import run_plan, write_results
@@ -696,7 +707,7 @@ def ablate(
 
     p = load_plan(plan)
     rows = run_plan(p, work, only=only, n_boot=n_boot, log=console.print)
-    console.print(f"wrote [bold]{write_results(rows, p, out, work=work, n_boot=n_boot)}[/bold]")
+    console.print(f"wrote [bold]{write_results(rows, p, out, work=work, n_boot=n_boot, merge=merge)}[/bold]")
 
 
 if __name__ == "__main__":

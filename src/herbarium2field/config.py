@@ -108,6 +108,7 @@ class TrainConfig(_Strict):
     cross_domain_loss: Literal["none", "supcon", "triplet"] = "none"
     cross_domain_weight: float = 0.1
     domain_adversarial: float = 0.0  # gradient-reversal weight (0 = off)
+    genus_loss: float = 0.0  # weight of a genus head's cross-entropy (hierarchical loss; 0 = off)
 
 
 class BranchConfig(_Strict):

@@ -32,13 +32,15 @@ code, pre { background: #f5f7f5; } pre { padding: 0.8rem; overflow-x: auto; }
 """
 
 
-def build_report(run: str | Path, *, split: str = "test", with_tsne: bool = True) -> tuple[Path, Path]:
-    """Write ``runs/<name>/report.md`` and ``report.html``; evaluates the run first if it never was."""
+def build_report(run: str | Path, *, split: str = "test", with_tsne: bool = True,
+                 data: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``runs/<name>/report.md`` and ``report.html``; evaluates the run first if it never was (or on
+    ``data``, another dataset: an unlabelled test set gets its predictions and a t-SNE map, no accuracy)."""
     run = Path(run)
     paths = RunPaths(run)
     card = read_card(run)
-    if not list(paths.eval_root.glob(f"{split}-*/metrics.json")):
-        evaluate_run(run, split=split, mode="both")
+    if data is not None or not list(paths.eval_root.glob(f"{split}-*/metrics.json")):
+        evaluate_run(run, split=split, mode="both", data=data)
     figures = paths.figures
     sections = [f"# {card.name}", "", _summary(card), ""]
     sections += _dataset_section(card, figures)
@@ -47,7 +49,8 @@ def build_report(run: str | Path, *, split: str = "test", with_tsne: bool = True
         sections += ["## Training curves", "", "![training curves](figures/training_curves.png)", ""]
     sections += _metrics_section(run, split)
     if with_tsne:
-        numbers = tsne_runs([run], figures, split="all")["numbers"]["runs"][0]
+        numbers = tsne_runs([run], figures, split="all", data=str(data) if data is not None else None
+                            )["numbers"]["runs"][0]
         sections += ["## Embeddings (t-SNE)", "",
                      f"Silhouette by species {_num(numbers['silhouette'])}, domain mixing "
                      f"{_num(numbers['domain_mixing'])} (share of each field photo's {numbers['k']} nearest "

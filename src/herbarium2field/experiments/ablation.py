@@ -36,6 +36,7 @@ from herbarium2field.experiments.lso import (
     selection_hits,
 )
 from herbarium2field.experiments.plan import Benchmark, Plan, Variant
+from herbarium2field.experiments.recommend import recommend, recommendation_markdown
 from herbarium2field.experiments.verdict import verdict_markdown, verdicts
 from herbarium2field.features.recipe import train_frozen
 from herbarium2field.io import atomic_write_text, write_json
@@ -254,8 +255,28 @@ def ablation_markdown(rows: list[dict[str, Any]], plan: Plan, *, work: Path | No
 
 
 def write_results(rows: list[dict[str, Any]], plan: Plan, out: Path, *, work: Path | None = None,
-                  n_boot: int = 1000) -> Path:
+                  n_boot: int = 1000, merge: bool = False) -> Path:
+    """Write the table (``out``), its rows (``.json``), the verdicts and the recommendation. With ``merge``,
+    cells already in ``out``'s JSON that this run did not measure are kept (an ``--only`` run adds to the
+    tables instead of replacing them)."""
+    rows = merged(rows, out.with_suffix(".json"), plan) if merge else rows
     write_json(out.with_suffix(".json"), rows)
     if plan.verdict and work is not None:
         write_json(out.with_name(out.stem + "_verdict.json"), verdicts(rows, plan, work, n_boot=n_boot))
-    return atomic_write_text(out, ablation_markdown(rows, plan, work=work, n_boot=n_boot))
+    md = ablation_markdown(rows, plan, work=work, n_boot=n_boot)
+    if plan.recommend and work is not None:
+        rec = recommend(rows, work, benchmark=plan.recommend.benchmark, baselines=plan.recommend.baselines,
+                        synthetic=plan.recommend.synthetic, n_boot=n_boot)
+        write_json(out.with_name(out.stem + "_recommendation.json"), rec)
+        md += "\n" + "\n".join(recommendation_markdown(rec))
+    return atomic_write_text(out, md)
+
+
+def merged(rows: list[dict[str, Any]], previous: Path, plan: Plan) -> list[dict[str, Any]]:
+    """``rows`` plus the earlier cells of ``previous`` they do not replace, in the plan's order."""
+    old = json.loads(previous.read_text()) if previous.is_file() else []
+    cells = {(r["benchmark"], r["variant"]): r for r in old}
+    cells.update({(r["benchmark"], r["variant"]): r for r in rows})
+    bench = {b.name: i for i, b in enumerate(plan.benchmarks)}
+    var = {v.name: i for i, v in enumerate(plan.variants)}
+    return sorted(cells.values(), key=lambda r: (bench.get(r["benchmark"], 99), var.get(r["variant"], 999)))

@@ -45,11 +45,21 @@ class Verdict:
 
 
 @dataclass
+class Recommend:
+    """Where the written rule (``experiments.recommend``) picks the recommended recipe."""
+
+    benchmark: str
+    baselines: list[str] = field(default_factory=lambda: ["softmax", "arcface", "frozen_logreg"])
+    synthetic: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Plan:
     path: Path
     benchmarks: list[Benchmark]
     variants: list[Variant]
     verdict: Verdict | None = None
+    recommend: Recommend | None = None
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -61,6 +71,7 @@ def load_plan(path: str | Path) -> Plan:
         benches = [Benchmark(name=k, **v) for k, v in raw["benchmarks"].items()]
         variants = [Variant(name=k, **(v or {})) for k, v in raw["variants"].items()]
         verdict = Verdict(**raw["verdict"]) if raw.get("verdict") else None
+        recommend = Recommend(**raw["recommend"]) if raw.get("recommend") else None
     except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"a plan needs 'benchmarks' and 'variants' mappings ({exc})", path=path) from None
     names = {v.name for v in variants}
@@ -68,6 +79,12 @@ def load_plan(path: str | Path) -> Plan:
         unknown = sorted({verdict.candidate, *verdict.baselines, *verdict.repeats} - names)
         if unknown:
             raise ConfigError(f"verdict names unknown variants: {', '.join(unknown)}", path=path)
+    if recommend:
+        bench_names = {b.name for b in benches}
+        unknown = sorted(({recommend.benchmark, *recommend.synthetic} - bench_names)
+                         | (set(recommend.baselines) - names))
+        if unknown:
+            raise ConfigError(f"recommend names unknown benchmarks or variants: {', '.join(unknown)}", path=path)
     for b in benches:
         unknown = sorted(set(b.variants or []) - names)
         if unknown:
@@ -76,4 +93,4 @@ def load_plan(path: str | Path) -> Plan:
             raise ConfigError(f"benchmark {b.name}: requires must be 'gpu' or absent", path=path)
         if b.kind not in KINDS:
             raise ConfigError(f"benchmark {b.name}: kind must be one of {', '.join(KINDS)}", path=path)
-    return Plan(path, benches, variants, verdict)
+    return Plan(path, benches, variants, verdict, recommend)

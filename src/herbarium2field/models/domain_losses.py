@@ -5,10 +5,13 @@
   domain gap and not on what the head already does.
 - ``domain_adversarial``: a domain classifier behind a gradient-reversal layer (DANN), which pushes the
   embedding to carry no herbarium/field signal.
+- ``genus``: a softmax head over genera (the hierarchical loss): a herbarium-only species whose genus has
+  species with field photos learns from those photos at genus level.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import SupConLoss, TripletMarginLoss
@@ -79,9 +82,24 @@ class DomainAdversarialLoss(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, domains.float())
 
 
-def build_extra_losses(cfg: ExperimentConfig, dim: int) -> nn.ModuleDict:
+class GenusLoss(nn.Module):
+    """Cross-entropy of a linear genus head: the species label mapped to its genus."""
+
+    def __init__(self, dim: int, genus_of_class: np.ndarray, weight: float) -> None:
+        super().__init__()
+        self.weight = weight
+        self.register_buffer("genus_of_class", torch.as_tensor(genus_of_class, dtype=torch.long), persistent=False)
+        self.head = nn.Linear(dim, int(genus_of_class.max()) + 1)
+
+    def forward(self, emb: Tensor, labels: Tensor, domains: Tensor) -> Tensor:
+        return F.cross_entropy(self.head(emb.float()), self.genus_of_class[labels])
+
+
+def build_extra_losses(cfg: ExperimentConfig, dim: int, genus_of_class: np.ndarray | None = None) -> nn.ModuleDict:
     t = cfg.train
     losses: dict[str, nn.Module] = {}
+    if t.genus_loss > 0 and genus_of_class is not None:
+        losses["genus"] = GenusLoss(dim, genus_of_class, t.genus_loss)
     if t.cross_domain_loss != "none" and t.cross_domain_weight > 0:
         losses[t.cross_domain_loss] = CrossDomainMetricLoss(t.cross_domain_loss, t.cross_domain_weight)
     if t.domain_adversarial > 0:

@@ -23,7 +23,8 @@ class H2FLightningModule(L.LightningModule):
     """Trains an :class:`H2FNet`; ``class_counts`` enables loss re-weighting, ``with_pairs`` the group metrics."""
 
     def __init__(self, cfg: ExperimentConfig, num_classes: int, *, class_counts: np.ndarray | None = None,
-                 with_pairs: np.ndarray | None = None, load_weights: bool = True) -> None:
+                 with_pairs: np.ndarray | None = None, genus_of_class: np.ndarray | None = None,
+                 load_weights: bool = True) -> None:
         super().__init__()
         self.hparams.update({"config": cfg.model_dump(mode="json"), "num_classes": num_classes})
         self.cfg = cfg
@@ -39,7 +40,7 @@ class H2FLightningModule(L.LightningModule):
             f"{g}_top{k}": MulticlassAccuracy(num_classes, top_k=min(k, num_classes), average="micro")
             for g in GROUPS for k in (1, 5)
         })
-        self.extra_losses = build_extra_losses(cfg, self.net.embedding_dim)
+        self.extra_losses = build_extra_losses(cfg, self.net.embedding_dim, genus_of_class)
         if cfg.trainer.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 

@@ -28,6 +28,7 @@ from herbarium2field.run.card import ModelCard, environment
 from herbarium2field.run.finalize import finalize_run, stamp_card
 from herbarium2field.run.load import load_model
 from herbarium2field.run.paths import RunPaths
+from herbarium2field.scoring.taxonomy import Taxonomy
 from herbarium2field.training.callbacks import (
     AtomicCheckpointIO,
     BackboneWarmup,
@@ -77,7 +78,9 @@ def train(cfg: ExperimentConfig, *, resume: Path | None = None, progress: bool =
 
     dm = H2FDataModule(cfg, ds)
     module = H2FLightningModule(cfg, len(ds.species), class_counts=dm.class_counts(),
-                                with_pairs=np.array([c in ds.with_pairs for c in ds.class_ids]))
+                                with_pairs=np.array([c in ds.with_pairs for c in ds.class_ids]),
+                                genus_of_class=Taxonomy.from_species([ds.species[c] for c in ds.class_ids])
+                                .genus_of_class)
     pre = preprocessing_for(module.net.backbone, weights=cfg.model.weights, image_size=cfg.data.image_size)
     pre.grey = cfg.data.grey
     dm.set_preprocessing(pre)

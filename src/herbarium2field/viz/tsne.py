@@ -33,7 +33,7 @@ from __future__ import annotations
 import inspect
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,9 @@ from herbarium2field.viz.style import OKABE_ITO, plt, save_figure
 # which is why the default highlights 7.
 SPECIES_COLORS = [c for c in OKABE_ITO if c != "#000000"] + ["#882255", "#999933", "#332288"]
 OTHER_COLOR = "#c4c4c4"
+#: The class id of a photo without a label (an unlabelled test set): its own colour, never a species.
+UNLABELLED = "unlabelled"
+UNLABELLED_COLOR = "#000000"
 GROUP_COLORS = {True: "#0072B2", False: "#D55E00"}  # with pairs: blue, without pairs: vermillion
 MARKERS = {"field": "o", "herbarium": "^"}
 DOMAINS = ("herbarium", "field")
@@ -249,6 +252,8 @@ def tsne_panel(
 ) -> TsnePanel:
     """Embed ``X`` and compute the panel's silhouette and domain mixing (both on the embeddings)."""
     ids = np.asarray([str(c) for c in class_ids])
+    known = ids != UNLABELLED  # unlabelled photos are drawn, but no species score can count them
+    Xk = np.asarray(X)[known]
     return TsnePanel(
         title=title,
         coords=tsne_2d(X, perplexity=perplexity, seed=seed, n_jobs=n_jobs),
@@ -256,8 +261,8 @@ def tsne_panel(
         species=list(species),
         domain=list(domain),
         has_pairs=list(map(bool, has_pairs)),
-        silhouette=silhouette(X, ids, metric="cosine", seed=seed),
-        mixing=domain_mixing(X, ids, domain, k=k),
+        silhouette=silhouette(Xk, ids[known], metric="cosine", seed=seed) if known.sum() > 2 else None,
+        mixing=domain_mixing(Xk, ids[known], list(np.asarray(domain)[known]), k=k) if known.sum() > 2 else None,
         images=images,
         k=k,
     )
@@ -305,6 +310,8 @@ def _pick_highlight(panels: Sequence[TsnePanel], n: int) -> list[str]:
     pairs: dict[str, bool] = {}
     for p in panels:
         for c, h in zip(p.class_ids, p.has_pairs, strict=True):
+            if str(c) == UNLABELLED:
+                continue
             counts[str(c)] = counts.get(str(c), 0) + 1
             pairs.setdefault(str(c), bool(h))
     order = sorted(counts, key=lambda c: -counts[c])  # stable: first-seen order on ties
@@ -406,6 +413,13 @@ def plot_tsne(
         xy = p.coords
         dom = np.asarray([str(d) for d in p.domain])
         cid = np.asarray([str(c) for c in p.class_ids])
+        unl = cid == UNLABELLED
+        if unl.any():  # an unlabelled test set: its own colour on top, whatever the colouring of the rest
+            _scatter(ax, xy[unl], dom[unl], UNLABELLED_COLOR, size * 0.9, 0.6, 4)
+            xy, dom, cid = xy[~unl], dom[~unl], cid[~unl]
+            p = replace(p, coords=xy, class_ids=list(cid), domain=list(dom),
+                        species=[s for s, u in zip(p.species, unl, strict=True) if not u],
+                        has_pairs=[h for h, u in zip(p.has_pairs, unl, strict=True) if not u], images=None)
         if color_by == "group":
             hp = np.asarray([bool(h) for h in p.has_pairs])
             for flag in (True, False):  # without pairs on top: the group the method is judged by
@@ -511,8 +525,11 @@ def _legend_entries(
             if group:
                 entries.append(header(text))
                 entries += [(swatch(colour_of[c]), _label(c, names.get(c, c))) for c in group]
-        n_all = len(names)
+        n_all = len([c for c in names if c != UNLABELLED])
         n_other = n_all - len(chosen)
         if n_other > 0:
             entries.append((swatch(OTHER_COLOR), f"other {n_other} species"))
+    n_unl = sum(str(c) == UNLABELLED for p in panels for c in p.class_ids)
+    if n_unl:
+        entries.append((swatch(UNLABELLED_COLOR), f"unlabelled photos ({n_unl})"))
     return [h for h, _ in entries], [t for _, t in entries]

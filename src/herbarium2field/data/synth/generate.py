@@ -193,6 +193,7 @@ def generate_dataset(
     size: int = 256,
     imbalance: float = 1.0,
     seed: int = 0,
+    genus_size: int = 1,
     workers: int = 1,
     progress: bool = False,
 ) -> SynthSummary:
@@ -207,6 +208,7 @@ def generate_dataset(
     - ``test_per_species``: test field photos per species (every species, with or without pairs).
     - ``size``: short side of the written JPEGs in px (sheets are portrait ~0.7, photos landscape/square).
     - ``seed``: same seed and options give byte-identical files, whatever ``workers``.
+    - ``genus_size``: species per genus (congeners share a genus name and a look); 1 = every species alone.
     - ``workers``: processes (0 = all cores); ``progress`` shows a Rich progress bar. Workers are
       *spawned* (safe beside torch threads), so a script that asks for ``workers > 1`` must call this
       under ``if __name__ == "__main__":``.
@@ -221,6 +223,7 @@ def generate_dataset(
         size=size,
         imbalance=imbalance,
         seed=seed,
+        genus_size=genus_size,
     )
     if workers < 0:
         raise H2FError(

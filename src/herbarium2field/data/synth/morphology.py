@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from herbarium2field.data.synth.names import scientific_name
+from herbarium2field.data.synth.names import in_genus, scientific_name
 
 LEAF_SHAPES = (
     "ovate",
@@ -241,17 +241,41 @@ def class_ids(seed: int, n: int) -> list[int]:
     return ids
 
 
-def flora(seed: int, n: int) -> list[Species]:
-    """The ``n`` species of the flora ``seed``, with distinct class ids and scientific names."""
+#: What species of one genus share (the genus's look); leaf size, flowers, colours stay each species' own.
+GENUS_TRAITS = ("leaf_shape", "venation", "arrangement", "habit", "inflorescence", "fruit", "petals", "petal_shape",
+                "leaflet_shape", "lobes")
+
+
+def flora(seed: int, n: int, *, genus_size: int = 1) -> list[Species]:
+    """The ``n`` species of the flora ``seed``, with distinct class ids and scientific names.
+
+    With ``genus_size > 1`` consecutive species form genera of that size: each takes the genus-level traits
+    (:data:`GENUS_TRAITS`) and the genus name of the genus's first species, so congeners look alike and share
+    a name, as real genera do; ``genus_size = 1`` gives the original flora, unchanged.
+    """
     species: list[Species] = []
     names: set[str] = set()
     for index, class_id in enumerate(class_ids(seed, n)):
         sp = sample_species(seed, index, class_id)
+        founder = species[index - index % genus_size] if genus_size > 1 and index % genus_size else None
+        if founder is not None:
+            genus = founder.name.split()[0]
+            sp = Species(**{**sp.__dict__, **{t: getattr(founder, t) for t in GENUS_TRAITS},
+                            "name": in_genus(sp.name, genus)})
         retry = 0
-        while sp.name in names:  # rare; re-draw only the name
+        key = _binomial if genus_size > 1 else str  # congeners must differ by more than their authors
+
+        while key(sp.name) in names:  # rare; re-draw only the name (keeping a congener's genus)
             retry += 1
             rng = np.random.default_rng([seed, SPECIES_STREAM, 2, index, retry])
-            sp = Species(**{**sp.__dict__, "name": scientific_name(rng, sp.leaf_shape)})
-        names.add(sp.name)
+            name = scientific_name(rng, sp.leaf_shape)
+            if founder is not None:
+                name = in_genus(name, founder.name.split()[0])
+            sp = Species(**{**sp.__dict__, "name": name})
+        names.add(key(sp.name))
         species.append(sp)
     return species
+
+
+def _binomial(name: str) -> str:
+    return " ".join(name.split()[:2])

@@ -155,3 +155,18 @@ def scientific_name(rng: np.random.Generator, leaf_shape: str) -> str:
     if rng.random() < 0.3:  # a combination: "(Basionym author) Combining author"
         author = f"({_AUTHORS[rng.integers(len(_AUTHORS))]}) {author}"
     return f"{genus.capitalize()} {epithet} {author}"
+
+
+def in_genus(name: str, genus: str) -> str:
+    """``name`` moved into ``genus``: the genus replaced and the epithet made to agree with its gender
+    ("Dendropia grandiflorum" -> "Dendropia grandiflora")."""
+    parts = name.split()
+    gender = next((g for end, g in _GENUS_END if genus.lower().endswith(end)), None)
+    epithet = parts[1] if len(parts) > 1 else ""
+    if gender is not None:
+        for table in (_FOLIUS, _FLORUS, _ADJ_ENDING, _THIRD):  # longest endings first
+            ending = next((e for e in table.values() if epithet.endswith(e)), None)
+            if ending is not None:
+                epithet = epithet[: len(epithet) - len(ending)] + table[gender]
+                break
+    return " ".join([genus, epithet, *parts[2:]]) if epithet else genus

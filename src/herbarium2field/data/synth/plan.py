@@ -33,6 +33,7 @@ class SynthOptions:
     size: int = 256
     imbalance: float = 1.0
     seed: int = 0
+    genus_size: int = 1  # species per genus (1: every species its own genus, the original flora)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the option that is out of range."""
@@ -58,13 +59,17 @@ class SynthOptions:
             (32 <= self.size <= 2048, "--size must be between 32 and 2048 px", self.size),
             (self.imbalance >= 0.0, "--imbalance must be 0 (balanced) or more", self.imbalance),
             (self.seed >= 0, "--seed must be 0 or more", self.seed),
+            (self.genus_size >= 1, "--genus-size must be at least 1", self.genus_size),
         ]
         for ok, message, value in checks:
             if not ok:
                 raise ConfigError(f"{message}, got {value}", hint="see `h2f synth --help`")
 
     def as_dict(self) -> dict[str, int | float]:
-        return asdict(self)
+        d = asdict(self)
+        if d["genus_size"] == 1:  # the original flora: its records stay as they were
+            del d["genus_size"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ def make_plan(options: SynthOptions) -> Plan:
     """Species, counts, pairs, ids and paths of the dataset described by ``options``."""
     options.validate()
     rng = np.random.default_rng([options.seed, PLAN_STREAM])
-    species = flora(options.seed, options.species)
+    species = flora(options.seed, options.species, genus_size=options.genus_size)
     counts = long_tail_counts(options.species, options.min_images, options.max_images, options.imbalance)
     counts = [counts[r] for r in rng.permutation(options.species)]  # which species is common is random
     n_without = round(options.without_pairs * options.species)
