@@ -222,3 +222,33 @@ def test_an_unlabelled_test_set_is_mapped_and_reported(tiny_run, synth_small, tm
     md, _ = build_report(run, data=data)
     text = md.read_text()
     assert "no ground truth" in text and "t-SNE" in text
+
+
+def test_the_genus_head_learns_genera_from_species_labels():
+    """Species 0 and 1 share genus 0: the genus loss must teach one target for both, which it cannot do when the
+    mapping is ignored (species 1 would stay a separate target)."""
+    import torch
+
+    from herbarium2field.config import ExperimentConfig
+    from herbarium2field.models.domain_losses import GenusLoss, build_extra_losses
+
+    cfg = ExperimentConfig.model_validate({"train": {"genus_loss": 0.5}})
+    genus_of_class = np.array([0, 0, 1])
+    losses = build_extra_losses(cfg, 8, genus_of_class)
+    assert isinstance(losses["genus"], GenusLoss) and losses["genus"].weight == 0.5
+    assert "genus" not in build_extra_losses(ExperimentConfig(), 8, genus_of_class)
+    torch.manual_seed(0)
+    centres = torch.randn(3, 8) * 3
+    labels = torch.arange(3).repeat(20)
+    emb = centres[labels] + 0.1 * torch.randn(60, 8)
+    head = losses["genus"]
+    opt = torch.optim.SGD(head.parameters(), lr=0.5)
+    first = float(head(emb, labels, torch.zeros(60)))
+    for _ in range(200):
+        opt.zero_grad()
+        loss = head(emb, labels, torch.zeros(60))
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.05 < first
+    pred = head.head(emb).argmax(1)
+    assert torch.equal(pred, torch.as_tensor(genus_of_class)[labels])
