@@ -252,3 +252,41 @@ def test_the_genus_head_learns_genera_from_species_labels():
     assert float(loss) < 0.05 < first
     pred = head.head(emb).argmax(1)
     assert torch.equal(pred, torch.as_tensor(genus_of_class)[labels])
+
+
+def test_a_taxonomy_file_names_the_family_in_the_run_and_its_answers(synth_small, tmp_path):
+    from PIL import Image
+
+    from herbarium2field.config import load_config
+    from herbarium2field.data.manifest import read_dataset
+    from herbarium2field.training.train import train
+    from tests.conftest import TINY
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    ds = read_dataset(data)
+    genera = sorted({genus_of(n) for n in ds.species.values()})
+    (data / "list" / "taxonomy.csv").write_text("genus,family\n" + "".join(f"{g},{g}aceae\n" for g in genera))
+    cfg = load_config(None, [f"data.root={data}", "name=fam", *TINY, "train.epochs=1"])
+    run = train(cfg, progress=False, runs_root=tmp_path / "runs").root
+    card = read_card(run)
+    assert card.families == {g: f"{g}aceae" for g in genera}
+    shutil.rmtree(data)  # the run answers with the family on its own
+    photo = Image.new("RGB", (64, 64), (90, 140, 60))
+    ans = Identifier(run, gallery=False).identify([photo], sheets=0, nearest=0)
+    assert ans["genus"]["family"] == f"{ans['genus']['name']}aceae"
+
+
+@pytest.mark.parametrize(("text", "line", "says"), [
+    ("name,family\nAus,Ausaceae\n", 1, "needs a header"),
+    ("genus,family\nAus,Ausaceae\nBus\n", 3, "expected 2 columns"),
+    ("species,family\nAus bus L.,Ausaceae\nAus cus L.,Cusaceae\n", 3, "in Ausaceae on line 2"),
+])
+def test_a_broken_taxonomy_file_names_its_line(tmp_path, text, line, says):
+    from herbarium2field.data.taxonomy_file import read_families
+
+    f = tmp_path / "taxonomy.csv"
+    f.write_text(text)
+    with pytest.raises(H2FError) as err:
+        read_families(f)
+    assert err.value.line == line and says in str(err.value) and str(f) in str(err.value)

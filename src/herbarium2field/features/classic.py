@@ -24,6 +24,7 @@ import numpy as np
 from herbarium2field.config import InferenceConfig
 from herbarium2field.data.datasets import DOMAIN_CODES
 from herbarium2field.data.manifest import labels_of
+from herbarium2field.data.taxonomy_file import dataset_families
 from herbarium2field.errors import H2FError
 from herbarium2field.features.store import Features, load_features
 from herbarium2field.io import atomic_path, write_json
@@ -153,6 +154,7 @@ def fit_classic(
         },
         embedding_dim=feats.dim,
         extra={"sklearn": package_version("scikit-learn")},
+        families=dataset_families(spec["dataset_root"]) if spec.get("dataset_root") else {},
     )
     model = ClassicModel(card, ClassicHead(clf, alignment, card.class_ids), feats, np.flatnonzero(avail), split)
     if val.any():

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from herbarium2field.config import ExperimentConfig, load_config, save_config
 from herbarium2field.data.datamodule import H2FDataModule
 from herbarium2field.data.manifest import read_dataset
+from herbarium2field.data.taxonomy_file import dataset_families
 from herbarium2field.errors import H2FError
 from herbarium2field.io import write_json
 from herbarium2field.models.backbones import preprocessing_for
@@ -217,6 +218,7 @@ def _write_card(paths: RunPaths, cfg: ExperimentConfig, ds, dm: H2FDataModule, p
                  "test_images": len(ds.split("test"))},
         embedding_dim=module.net.embedding_dim,
         validation=best or {},
+        families=dataset_families(cfg.data.root),
     )
     card.save(paths.card)
     return card
