@@ -66,3 +66,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache
+
+# One prepared GPU check (<= 8 min on one GPU): writes benchmarks/results/gpu_check.json. Without a GPU: a
+# tiny dry run on the CPU that says so and exits 0 (writes gpu_check_dry_run.json).
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py

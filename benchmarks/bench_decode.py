@@ -8,7 +8,12 @@ and field photos:
 
 a. ``full``  - full-size decode, then resize (what a naive loader does);
 b. ``draft`` - ``load_rgb(path, min_side=size)``: DCT-scaled JPEG decode, then resize;
-c. ``cache`` - ``ImageSource.load`` from a cache made by ``prepare_cache`` in a temp folder.
+c. ``cache`` - ``ImageSource.load`` from a cache made by ``prepare_cache`` in a temp folder;
+d. ``tv full`` - ``torchvision.io.decode_jpeg`` (libjpeg-turbo, no DCT scaling) of the original, then an
+   antialiased torch resize (what :mod:`herbarium2field.data.decode` does on a CPU);
+e. ``tv cache`` - ``decode_jpeg`` of the cached file (the GPU path's input; nvJPEG on a GPU).
+
+One process, so every figure is images/s per core.
 
 Quality: PSNR of (b) and of (c) against (a) on a few images per set. Writes
 ``benchmarks/results/decode.json`` (with machine info) and prints a table.
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import torch
 from PIL import features
 from rich.console import Console
 
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, machine_info, print_table  # noqa: E402
 from herbarium2field.data.cache import DEFAULT_SIZE, ImageSource, prepare_cache  # noqa: E402
+from herbarium2field.data.decode import decode_batch, read_bytes  # noqa: E402
 from herbarium2field.data.images import load_rgb, resize_short_side  # noqa: E402
 from herbarium2field.io import write_json  # noqa: E402
 from herbarium2field.paths import shared_data_dir  # noqa: E402
@@ -43,6 +50,8 @@ TABLE_FORMATS = {
     "a full": ".0f",
     "b draft": ".0f",
     "c cache": ".0f",
+    "d tv full": ".0f",
+    "e tv cache": ".0f",
     "b/a": ".2f",
     "c/a": ".2f",
     "PSNR b": ".1f",
@@ -66,6 +75,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+def _tv_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if min(h, w) <= size:
+        return x
+    target = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
+    return torch.nn.functional.interpolate(x[None].float(), size=target, mode="bilinear", antialias=True)[0]
+
+
 def throughput(fn: Callable[[str], object], rels: list[str]) -> float:
     t0 = time.perf_counter()
     for r in rels:
@@ -85,6 +102,8 @@ def bench_size(
         "full": lambda r: resize_short_side(load_rgb(root / r), size),
         "draft": lambda r: load_rgb(root / r, min_side=size),
         "cache": source.load,
+        "tv full": lambda r: _tv_resize(decode_batch([read_bytes(root / r)])[0], size),
+        "tv cache": lambda r: decode_batch([read_bytes(source.file_for(r))])[0],
     }
     out: dict[str, object] = {
         "prepare": {
@@ -132,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "decode.json")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # one core: the torch resize must not borrow the other cores
     console = Console()
     if not console.is_terminal:  # keep the table readable in logs
         console = Console(width=140)
@@ -174,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                     "a full": ips["full"],
                     "b draft": ips["draft"],
                     "c cache": ips["cache"],
+                    "d tv full": ips["tv full"],
+                    "e tv cache": ips["tv cache"],
                     "b/a": r["ratio_draft_over_full"],
                     "c/a": r["ratio_cache_over_full"],
                     "PSNR b": r["psnr_db_vs_full"]["draft"]["mean"],

@@ -1,8 +1,21 @@
 """Training throughput: our pipeline (manifest → balanced sampler → per-domain transforms → Lightning) vs a
 plain timm + torchvision ``ImageFolder`` loop on the same images, measured side by side in one run.
 
-Also measures loader-only throughput of both, to check that the data loader keeps up with the model
-(target: loader ≥ 3× training images/s). Runs on a GPU when present (bf16, channels_last).
+Loaders (images/s, and per core = per worker process) are measured in interleaved rounds (each round
+starting with another pipeline, workers stopped after each measurement), median reported, so that a
+change in the machine's load hits every pipeline alike:
+
+- ``herbarium2field``: our training loader as ``h2f train`` builds it (default recipe, PIL path);
+- ``herbarium2field, prepared cache``: the same after ``h2f prepare`` (the default input when present);
+- ``herbarium2field, GPU decode``: workers read bytes, nvJPEG + GPU augmentation (only with a GPU);
+- ``plain ImageFolder``: what a user writes by hand (its own lighter recipe: crop, flip, jitter w/o hue);
+- ``plain loader, our images + recipe``: a minimal hand-written Dataset over exactly our training images
+  (sheets and photos) with our per-domain transforms, shuffled by a plain DataLoader: the same per-image
+  work as ours, so the difference to ours is our loader machinery (manifest, balanced sampler, per-item
+  seeding, decode path with its checks, collation).
+
+Then training images/s of ours (Lightning) and the plain loop. Runs on a GPU when present (bf16,
+channels_last, all cores as workers). Records the load average before and after.
 
     .venv/bin/python benchmarks/bench_train.py [--backbone convnextv2_nano] [--steps 8] [--batch 16]
 """
@@ -10,6 +23,7 @@ Also measures loader-only throughput of both, to check that the data loader keep
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -18,19 +32,23 @@ from pathlib import Path
 import lightning as L
 import timm
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision import transforms as T
+from torchvision.datasets.folder import pil_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info, print_table, write_result  # noqa: E402
 from herbarium2field.config import load_config  # noqa: E402
+from herbarium2field.data.cache import prepare_cache  # noqa: E402
 from herbarium2field.data.datamodule import H2FDataModule  # noqa: E402
 from herbarium2field.data.manifest import read_dataset  # noqa: E402
 from herbarium2field.data.synth import generate_dataset  # noqa: E402
+from herbarium2field.data.transforms import train_transform  # noqa: E402
 from herbarium2field.models.backbones import preprocessing_for  # noqa: E402
 from herbarium2field.models.lightning import H2FLightningModule  # noqa: E402
+from herbarium2field.system import load_average, usable_cores  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -49,22 +67,41 @@ class StepTimer(L.Callback):
             self.seconds = time.perf_counter() - self.t0
 
 
-def loader_rate(loader: DataLoader, batches: int) -> float:
+def loader_rate(loader: DataLoader, batches: int, decode=None) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(images/s after the first batch, seconds to the first batch: worker start-up)."""
+    t0 = time.perf_counter()
     it = iter(loader)
-    next(it)  # worker start-up
+    first = next(it)
+    if decode is not None:
+        decode(first)
+    started = time.perf_counter() - t0
     t0, n = time.perf_counter(), 0
     for _ in range(batches):
         try:
-            x = next(it)[0]
+            b = next(it)
         except StopIteration:
             it = iter(loader)
-            x = next(it)[0]
+            b = next(it)
+        x = decode(b)[0] if decode is not None else b[0]
         n += len(x)
-    return n / (time.perf_counter() - t0)
+    if decode is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    rate = n / (time.perf_counter() - t0)
+    stop_workers(loader)
+    return rate, started
 
 
-def ours(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float]:
-    cfg = load_config(
+def stop_workers(loader: DataLoader) -> None:
+    """End a persistent loader's workers: batches they still prefetch would otherwise be decoded while the
+    next pipeline is timed, and slow it down."""
+    inner = getattr(loader, "_iterator", None)
+    if inner is not None and hasattr(inner, "_shutdown_workers"):
+        inner._shutdown_workers()
+    loader._iterator = None
+
+
+def our_config(data: Path, args: argparse.Namespace, gpu: bool):  # type: ignore[no-untyped-def]
+    return load_config(
         None,
         [
             f"data.root={data}",
@@ -72,7 +109,7 @@ def ours(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float]
             "model.head=arcface",
             f"data.batch_size={args.batch}",
             f"data.num_workers={args.workers}",
-            "data.image_size=224",
+            f"data.image_size={_input(args)}",
             "train.warmup_epochs=0",
             "train.epochs=1",
             "data.val_field_fraction=0",
@@ -81,17 +118,26 @@ def ours(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float]
             "trainer.deterministic=false",
         ],
     )
+
+
+def our_datamodule(data: Path, args: argparse.Namespace, gpu: bool, *, cache: bool = False,
+                   decode: str = "pil") -> tuple[H2FDataModule, H2FLightningModule]:
+    cfg = our_config(data, args, gpu)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache": cache})})
     ds = read_dataset(data, check="none")
-    dm = H2FDataModule(cfg, ds)
+    dm = H2FDataModule(cfg, ds, decode=decode)
     module = H2FLightningModule(cfg, len(ds.species))
-    dm.set_preprocessing(preprocessing_for(module.net.backbone, image_size=224))
-    loader_ips = loader_rate(dm.train_dataloader(), args.steps)
+    dm.set_preprocessing(preprocessing_for(module.net.backbone, image_size=_input(args)))
+    return dm, module
+
+
+def our_training(dm: H2FDataModule, module: H2FLightningModule, args: argparse.Namespace, gpu: bool) -> float:
     timer = StepTimer(skip=2)
     trainer = L.Trainer(
         max_steps=args.steps + 2,
         accelerator="gpu" if gpu else "cpu",
         devices=1,
-        precision=cfg.trainer.precision,
+        precision=dm.cfg.trainer.precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -102,32 +148,56 @@ def ours(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float]
         limit_val_batches=0,
     )
     trainer.fit(module, datamodule=dm)
-    return timer.images / max(timer.seconds, 1e-9), loader_ips
+    return timer.images / max(timer.seconds, 1e-9)
 
 
-def plain(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float]:
-    """What a user would write by hand: ImageFolder over the herbarium + field folders, full JPEG decode."""
-    model = timm.create_model(args.backbone, num_classes=len(list((data / "train" / "herbarium").iterdir())))
+def _input(args: argparse.Namespace) -> int:
+    return int(getattr(args, "input_size", 224))
+
+
+def plain_transform(model: torch.nn.Module, size: int = 224) -> T.Compose:
     cfg = timm.data.resolve_data_config({}, model=model)
-    tf = T.Compose(
+    return T.Compose(
         [
-            T.RandomResizedCrop(224, scale=(0.35, 1.0)),
+            T.RandomResizedCrop(size, scale=(0.35, 1.0)),
             T.RandomHorizontalFlip(),
             T.ColorJitter(0.2, 0.2, 0.2),
             T.ToTensor(),
             T.Normalize(cfg["mean"], cfg["std"]),
         ]
     )
-    folder = datasets.ImageFolder(str(data / "train" / "herbarium"), transform=tf)
-    loader = DataLoader(
+
+
+def plain_loader(data: Path, args: argparse.Namespace, transform) -> DataLoader:  # type: ignore[no-untyped-def]
+    """What a user would write by hand: ImageFolder over the herbarium folders, full JPEG decode."""
+    folder = datasets.ImageFolder(str(data / "train" / "herbarium"), transform=transform)
+    return DataLoader(
         folder,
         batch_size=args.batch,
         shuffle=True,
         num_workers=args.workers,
         drop_last=True,
         persistent_workers=args.workers > 0,
+        pin_memory=torch.cuda.is_available(),
     )
-    loader_ips = loader_rate(loader, args.steps)
+
+
+class PlainTable(Dataset):
+    """The hand-written baseline for "same images, same recipe": PIL's loader + a transform per domain."""
+
+    def __init__(self, root: Path, table, transforms: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+        self.items = [(str(root / p), i, str(d)) for i, (p, d) in enumerate(zip(table.path, table.domain, strict=True))]
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        path, label, domain = self.items[i]
+        return self.transforms[domain](pil_loader(path)), label  # type: ignore[operator]  (label: the row)
+
+
+def plain_training(model: torch.nn.Module, loader: DataLoader, args: argparse.Namespace, gpu: bool) -> float:
     device = torch.device("cuda" if gpu else "cpu")
     model = model.to(device)
     if gpu:
@@ -143,7 +213,9 @@ def plain(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float
             x, y = next(it)
         if step == 2:
             t0 = time.perf_counter()
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if gpu:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -153,64 +225,116 @@ def plain(data: Path, args: argparse.Namespace, gpu: bool) -> tuple[float, float
             images += len(x)
     if gpu:
         torch.cuda.synchronize()
-    return images / (time.perf_counter() - t0), loader_ips
+    return images / (time.perf_counter() - t0)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="convnextv2_nano")
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per pipeline")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--size", type=int, default=320, help="short side of the synthetic JPEGs")
+    p.add_argument("--loader-batches", type=int, default=20, help="timed batches per loader and round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved loader rounds (median reported)")
+    p.add_argument("--no-train", action="store_true", help="loaders only")
+    p.add_argument("--name", default=None, help="results file name (default train_cpu / train_gpu)")
     args = p.parse_args()
     gpu = torch.cuda.is_available()
     if gpu:
-        args.batch, args.steps, args.workers = max(args.batch, 128), max(args.steps, 30), 12
+        args.batch, args.steps, args.workers = max(args.batch, 128), max(args.steps, 30), usable_cores()
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         generate_dataset(
             data, species=20, min_images=40, max_images=40, size=args.size, seed=0, workers=args.workers
         )
-        ours_train, ours_loader = ours(data, args, gpu)
-        plain_train, plain_loader = plain(data, args, gpu)
+        ds = read_dataset(data, check="none")
+        prepare_cache(data, ds.table.path.tolist(), workers=args.workers, progress=False)
+        pipelines: dict[str, tuple[DataLoader, object]] = {}
+        dm, module = our_datamodule(data, args, gpu)
+        pipelines["herbarium2field"] = (dm.train_dataloader(), None)
+        dmc, _ = our_datamodule(data, args, gpu, cache=True)
+        pipelines["herbarium2field, prepared cache"] = (dmc.train_dataloader(), None)
+        if gpu:
+            dmg, _ = our_datamodule(data, args, gpu, cache=True, decode="gpu")
+            pipelines["herbarium2field, GPU decode"] = (
+                dmg.train_dataloader(), lambda b, d=dmg: d.decode_encoded(b, "cuda"))
+        model = timm.create_model(args.backbone, num_classes=len(list((data / "train" / "herbarium").iterdir())))
+        pipelines["plain ImageFolder"] = (plain_loader(data, args, plain_transform(model)), None)
+        same = PlainTable(data, dm.train_table, {
+            "herbarium": train_transform(dm.cfg.data.herbarium_aug, dm.pre, domain="herbarium"),
+            "field": train_transform(dm.cfg.data.field_aug, dm.pre, domain="field")})
+        pipelines["plain loader, our images + recipe"] = (DataLoader(
+            same, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
+            persistent_workers=args.workers > 0, pin_memory=torch.cuda.is_available()), None)
+        rates: dict[str, list[float]] = {k: [] for k in pipelines}
+        startup: dict[str, float] = {}
+        names = list(pipelines)
+        for r in range(args.rounds):  # each round starts with another pipeline: no fixed neighbours
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                loader, decode = pipelines[name]
+                rate, started = loader_rate(loader, args.loader_batches, decode)
+                rates[name].append(rate)
+                if r == 0:
+                    startup[name] = started
+        loader_ips = {k: statistics.median(v) for k, v in rates.items()}
+        del pipelines
+        train_ips: dict[str, float] = {}
+        if not args.no_train:
+            train_ips["herbarium2field"] = our_training(dm, module, args, gpu)
+            train_ips["plain ImageFolder"] = plain_training(
+                model, plain_loader(data, args, plain_transform(model)), args, gpu)
+    load_after = load_average()
+    cores = max(args.workers, 1)
+    plain = loader_ips["plain ImageFolder"]
+    plain_same = loader_ips["plain loader, our images + recipe"]
     rows = [
         {
-            "pipeline": "herbarium2field",
-            "train_images_per_s": ours_train,
-            "loader_images_per_s": ours_loader,
-            "loader_over_train": ours_loader / ours_train,
-        },
-        {
-            "pipeline": "plain timm + ImageFolder",
-            "train_images_per_s": plain_train,
-            "loader_images_per_s": plain_loader,
-            "loader_over_train": plain_loader / plain_train,
-        },
+            "pipeline": name,
+            "loader_images_per_s": ips,
+            "loader_images_per_s_per_core": ips / cores,
+            "over_plain": ips / plain,
+            "over_plain_same_recipe": ips / plain_same,
+            "first_batch_s": startup[name],
+            "train_images_per_s": train_ips.get(name, float("nan")),
+        }
+        for name, ips in loader_ips.items()
     ]
+    ratios = {
+        "ours_over_plain_loader": loader_ips["herbarium2field"] / plain,
+        "ours_over_plain_same_recipe_loader": loader_ips["herbarium2field"] / plain_same,
+        "ours_cache_over_plain_loader": loader_ips["herbarium2field, prepared cache"] / plain,
+    }
+    if train_ips:
+        ratios["ours_over_plain_train"] = train_ips["herbarium2field"] / train_ips["plain ImageFolder"]
+        ratios["ours_loader_over_ours_train"] = loader_ips["herbarium2field"] / train_ips["herbarium2field"]
     result = {
         "benchmark": "train_throughput",
         "backbone": args.backbone,
         "input_size": 224,
+        "image_short_side": args.size,
         "batch": args.batch,
         "steps_timed": args.steps,
         "loader_workers": args.workers,
+        "loader_batches_per_round": args.loader_batches,
+        "loader_rounds": args.rounds,
+        "loader_runs_images_per_s": rates,
         "device": "cuda" if gpu else "cpu",
         "precision": "bf16-mixed + channels_last" if gpu else "fp32",
         "rows": rows,
-        "ratios": {
-            "ours_over_plain_train": ours_train / plain_train,
-            "ours_loader_over_ours_train": ours_loader / ours_train,
-        },
+        "ratios": ratios,
+        "load_average_1min": {"before": load_before, "after": load_after},
         "machine": machine_info(),
     }
-    path = write_result(f"train_{'gpu' if gpu else 'cpu'}", result)
-    print_table(f"training throughput, {args.backbone} @224, batch {args.batch} ({result['device']})", rows)
-    print(
-        f"ours/plain training: {result['ratios']['ours_over_plain_train']:.2f}x; "
-        f"our loader/our training: {result['ratios']['ours_loader_over_ours_train']:.1f}x (target >= 3x)"
+    path = write_result(args.name or f"train_{'gpu' if gpu else 'cpu'}", result)
+    print_table(
+        f"{args.backbone} @224, batch {args.batch}, {args.workers} workers, {args.size} px JPEGs ({result['device']})",
+        [{k: v for k, v in row.items()} for row in rows],
+        formats={"first_batch_s": ".1f"},
     )
-    print(f"written to {path}")
+    print("; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
+    print(f"load average (1 min): {load_before} before, {load_after} after; written to {path}")
 
 
 if __name__ == "__main__":

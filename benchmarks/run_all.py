@@ -18,7 +18,9 @@ from benchmarks.common import RESULTS
 #: name -> (module, full arguments, quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "decode": ("bench_decode", ["--repeat", "5"], ["--repeat", "1", "--sizes", "320"]),
-    "train": ("bench_train", ["--steps", "8"], ["--steps", "2", "--batch", "8"]),
+    "train": ("bench_train", ["--steps", "8"], ["--steps", "2", "--batch", "8", "--loader-batches", "4", "--rounds", "1"]),
+    "train_768px": ("bench_train", ["--size", "768", "--no-train", "--name", "train_cpu_768px"],
+                    ["--size", "768", "--no-train", "--name", "train_cpu_768px", "--loader-batches", "4", "--rounds", "1"]),
     "features": ("bench_features", [], ["--repeat", "1"]),
     "tsne": ("bench_tsne", [], ["--n", "1000", "--repeat", "1"]),
     "identify": ("bench_identify", [], ["--repeat", "10"]),
@@ -26,6 +28,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "serve_load": ("bench_serve_load", [], ["--seconds", "5"]),
     "baseline_aml_sample": ("baseline_aml_sample", [], []),
     "recommended_cpu": ("bench_recommended_cpu", [], ["--n-boot", "200"]),
+    # On a GPU the 8-minute check (gpu_check.json); without one its dry run (gpu_check_dry_run.json).
+    "gpu_check": ("gpu_check", [], []),
 }
 
 

@@ -400,6 +400,16 @@ class ImageSource:
     def is_cached(self, rel_path: str) -> bool:
         return _normalise(rel_path) in self._cached
 
+    def file_for(self, rel_path: str) -> Path:
+        """The file that holds ``rel_path``'s pixels: the cached copy when fresh, else the original (for
+        readers that decode bytes themselves, e.g. :mod:`.decode`; they get the original's full size)."""
+        rel = _normalise(rel_path)
+        if rel in self._cached:
+            path = _cache_file(self.folder, rel)
+            if path.is_file():
+                return path
+        return self.root / rel
+
     def load(self, rel_path: str) -> Image.Image:
         """The image at ``root/rel_path`` as RGB, short side ``size``; :class:`ImageError` if unreadable."""
         rel = _normalise(rel_path)

@@ -6,6 +6,7 @@ import contextlib
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from herbarium2field.data.cache import ImageSource
+from herbarium2field.data.decode import read_bytes
 from herbarium2field.errors import ImageError
 
 DOMAIN_CODES = {"herbarium": 0, "field": 1}
@@ -75,16 +77,48 @@ class ImageTableDataset(Dataset):
         return x, int(self.labels[i]), int(self.domains[i]), i
 
 
+class EncodedTableDataset(ImageTableDataset):
+    """Training items as the file's undecoded bytes: ``(uint8 bytes, label, domain code, row index, seed)``,
+    for decoding a whole batch on the GPU (:func:`collate_encoded`, then
+    :meth:`~.datamodule.H2FDataModule.on_before_batch_transfer`). The workers only read files. A file that
+    cannot be read is replaced by the next one of its class, as in :class:`ImageTableDataset`; one whose
+    bytes do not decode is replaced at decode time."""
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int, int, int, int]:  # type: ignore[override]
+        i, seed = item if isinstance(item, tuple) else (item, item)
+        for attempt in range(len(self.paths)):
+            j = i if attempt == 0 else self._substitute(i, attempt)
+            try:
+                data = read_bytes(self.source.file_for(self.paths[j]))
+            except ImageError as exc:
+                warnings.warn(f"skipping unreadable image: {exc}", stacklevel=2)
+                continue
+            return data, int(self.labels[i]), int(self.domains[i]), i, seed
+        raise ImageError("no readable image in this dataset", path=self.source.root)
+
+
+def collate_encoded(items: list[tuple[torch.Tensor, int, int, int, int]]) -> dict[str, Any]:
+    """A batch of undecoded images (a dict, so that it survives pinning and Lightning's batch handling)."""
+    data, labels, domains, rows, seeds = zip(*items, strict=True)
+    return {"encoded": list(data), "labels": torch.tensor(labels), "domains": torch.tensor(domains),
+            "rows": torch.tensor(rows), "seeds": list(seeds)}
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed ``random``, NumPy and torch (what transforms draw from) for one item. In the main process
-    (``num_workers=0``) their previous states are put back afterwards, so loading data does not move the
-    training process's own random streams."""
+    """Seed ``random``, NumPy and torch's CPU generator (what transforms draw from) for one item. In the
+    main process (``num_workers=0``) their previous states are put back afterwards, so loading data does
+    not move the training process's own random streams.
+
+    Only the CPU generator is seeded (``torch.default_generator``, the stream ``torch.manual_seed`` seeds
+    on the CPU, so the draws are the same): ``torch.manual_seed`` also visits every accelerator backend,
+    which cost ~1 ms per item (more than a 320 px JPEG decode), and in the main process it re-seeded the
+    training process's CUDA generator without putting it back."""
     main = get_worker_info() is None
     saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if main else None
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:

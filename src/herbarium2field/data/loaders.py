@@ -7,6 +7,7 @@ imports only torch's ``DataLoader``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 import torch
@@ -23,6 +24,17 @@ def image_source(ds: Dataset, *, cache: bool = True, size: int | None = None, mi
     ``min_size`` is the short side the model needs: a cache smaller than that is not used.
     """
     return ImageSource(ds.root, size=max(size or DEFAULT_SIZE, min_size), use_cache=cache)
+
+
+def loader_options(num_workers: int, *, cuda: bool | None = None) -> dict[str, Any]:
+    """DataLoader settings sized to the machine: worker processes kept alive between epochs (start-up is
+    seconds per worker with torch imported), pinned memory and a deeper prefetch (4 batches per worker
+    instead of 2) when batches go to a GPU, whose steps are short and uneven next to a decode."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    opts: dict[str, Any] = {"num_workers": num_workers, "pin_memory": cuda}
+    if num_workers > 0:
+        opts.update(persistent_workers=True, prefetch_factor=4 if cuda else 2)
+    return opts
 
 
 def table_dataset(table: pd.DataFrame, source: ImageSource, class_index: dict[str, int],

@@ -1,0 +1,192 @@
+"""The training loader: the same images, labels, order and augmented pixels as the reference pipeline (per-item
+``torch.manual_seed`` and torchvision's ToTensor + Normalize), the prepared cache read by default, the
+torchvision/nvJPEG decode path agreeing with PIL, and the DataLoader settings. Real JPEGs throughout: a
+generated synthetic dataset and the real PlantCLEF sample."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from herbarium2field.config import AugmentConfig, load_config
+from herbarium2field.data.cache import ImageSource, prepare_cache
+from herbarium2field.data.datamodule import H2FDataModule
+from herbarium2field.data.datasets import EncodedTableDataset, collate_encoded
+from herbarium2field.data.decode import TensorAugment, decode_batch, read_bytes
+from herbarium2field.data.images import load_rgb
+from herbarium2field.data.loaders import loader_options
+from herbarium2field.data.manifest import read_dataset
+from herbarium2field.data.synth import generate_dataset
+from herbarium2field.data.transforms import Preprocessing, ToNormalizedTensor, train_transform
+
+PRE = Preprocessing(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loader") / "data"
+    generate_dataset(root, species=4, min_images=6, max_images=6, size=96, seed=0, test_per_species=1)
+    return root
+
+
+def datamodule(root: Path, *overrides: str, decode: str = "pil") -> H2FDataModule:
+    cfg = load_config(None, [f"data.root={root}", "data.batch_size=4", "data.val_field_fraction=0", *overrides])
+    return H2FDataModule(cfg, read_dataset(root, check="none"), PRE, decode=decode)
+
+
+def reference_item(dm: H2FDataModule, i: int, seed: int) -> torch.Tensor:
+    """The pipeline as it was before the loader work: every generator seeded with ``torch.manual_seed`` and
+    the image turned into a tensor by torchvision's ToTensor + Normalize."""
+    d = dm.cfg.data
+    aug = d.herbarium_aug if dm.train_table.domain.iat[i] == "herbarium" else d.field_aug
+    tf = train_transform(aug, dm.pre, domain=str(dm.train_table.domain.iat[i]))
+    steps = [s for s in tf.transforms if not isinstance(s, ToNormalizedTensor)] + [T.ToTensor(), T.Normalize(PRE.mean, PRE.std)]
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return T.Compose(steps)(dm.source.load(dm.train_table.path.iat[i]))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_those_of_the_reference_pipeline(synth: Path, workers: int) -> None:
+    dm = datamodule(synth, f"data.num_workers={workers}")
+    loader = dm.train_dataloader()
+    draws = list(loader.sampler)  # epoch 0: (index, seed) pairs in order
+    seen = 0
+    for b, (x, y, domain, rows) in enumerate(loader):
+        for k in range(len(rows)):
+            i, seed = draws[b * 4 + k]
+            assert int(rows[k]) == i
+            assert int(y[k]) == dm.class_index[str(dm.train_table.class_id.iat[i])]
+            assert int(domain[k]) == (0 if dm.train_table.domain.iat[i] == "herbarium" else 1)
+            assert torch.equal(x[k], reference_item(dm, i, seed)), f"item {i} differs from the reference"
+            seen += 1
+        if b == 2:
+            break
+    assert seen == 12
+
+
+def test_main_process_loading_leaves_the_training_random_streams_alone(synth: Path) -> None:
+    dataset = datamodule(synth, "data.num_workers=0").train_dataset()
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    dataset[(0, 99)]
+    dataset[(1, 5)]
+    assert torch.equal(torch.rand(3), expected[0]) and (random.random(), np.random.rand()) == expected[1:]
+
+
+def test_fused_tensor_conversion_is_bit_identical(aml_sample: Path) -> None:
+    fused = ToNormalizedTensor(PRE.mean, PRE.std)
+    pair = T.Compose([T.ToTensor(), T.Normalize(PRE.mean, PRE.std)])
+    ramp = Image.fromarray(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2))
+    photo = load_rgb(next((aml_sample / "train" / "photo").rglob("*.jpg")), min_side=96)
+    for img in (ramp, photo, photo.convert("YCbCr")):  # not RGB: goes through the pair itself
+        assert torch.equal(fused(img), pair(img))
+
+
+def test_prepared_cache_is_the_default_input(synth: Path, tmp_path: Path) -> None:
+    synth = Path(shutil.copytree(synth, tmp_path / "data"))
+    dm = datamodule(synth)
+    assert len(dm.source) == 0  # nothing prepared yet: the originals
+    rels = read_dataset(synth, check="none").table.path.tolist()
+    assert prepare_cache(synth, rels, workers=1, progress=False).ok
+    dm = datamodule(synth)
+    assert len(dm.source) == len(rels)
+    rel = dm.train_table.path.iat[0]
+    assert ".h2f-cache" in dm.source.file_for(rel).parts
+    assert np.array_equal(np.asarray(dm.source.load(rel)), np.asarray(load_rgb(dm.source.file_for(rel))))
+    off = datamodule(synth, "data.cache=false")
+    assert len(off.source) == 0 and off.source.file_for(rel) == synth / rel
+
+
+def test_loader_settings_follow_the_machine(synth: Path) -> None:
+    assert loader_options(0, cuda=False) == {"num_workers": 0, "pin_memory": False}
+    cpu = loader_options(3, cuda=False)
+    assert cpu == {"num_workers": 3, "pin_memory": False, "persistent_workers": True, "prefetch_factor": 2}
+    gpu = loader_options(8, cuda=True)
+    assert gpu["pin_memory"] and gpu["persistent_workers"] and gpu["prefetch_factor"] == 4
+    loader = datamodule(synth, "data.num_workers=2").train_dataloader()
+    assert loader.persistent_workers and loader.prefetch_factor == (4 if torch.cuda.is_available() else 2)
+    assert loader.pin_memory == torch.cuda.is_available()
+
+
+def test_torchvision_decode_agrees_with_pil(aml_sample: Path, tmp_path: Path) -> None:
+    files = sorted((aml_sample / "train" / "photo").rglob("*.jpg"))[:4] + sorted(
+        (aml_sample / "train" / "herbarium").rglob("*.jpg"))[:4]
+    base = Image.open(files[0]).convert("RGB")
+    rotated = tmp_path / "rotated.jpg"  # EXIF orientation 6: libjpeg-turbo would not turn it; PIL does
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    base.save(rotated, "JPEG", exif=exif.tobytes(), quality=90)
+    cmyk = tmp_path / "cmyk.jpg"
+    base.convert("CMYK").save(cmyk, "JPEG", quality=90)
+    png = tmp_path / "sheet.png"
+    base.save(png)
+    files += [rotated, cmyk, png]
+    decoded = decode_batch([read_bytes(f) for f in files])
+    for f, x in zip(files, decoded, strict=True):
+        ref = np.asarray(load_rgb(f)).astype(np.int16)
+        got = x.permute(1, 2, 0).numpy().astype(np.int16)
+        assert got.shape == ref.shape, f
+        assert np.abs(got - ref).mean() < 1.0, f  # libjpeg-turbo either way: equal or within rounding
+
+
+def test_undecodable_bytes_raise_or_come_back_empty(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 64)
+    with pytest.raises(Exception, match="bad.jpg"):
+        decode_batch([read_bytes(bad)], names=["bad.jpg"])
+    assert decode_batch([read_bytes(bad)], errors="none") == [None]
+
+
+def test_gpu_path_runs_on_the_cpu_in_sampler_order_and_is_seeded(synth: Path) -> None:
+    dm = datamodule(synth, "data.num_workers=0", decode="gpu")
+    loader = dm.train_dataloader()
+    assert isinstance(loader.dataset, EncodedTableDataset) and loader.collate_fn is collate_encoded
+    draws = list(loader.sampler)
+    batch = next(iter(loader))
+    x, y, domain, rows = dm.on_before_batch_transfer(batch, 0)
+    assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert rows.tolist() == [i for i, _ in draws[:4]]
+    again, *_ = dm.decode_encoded(batch, "cpu")
+    assert torch.equal(x, again)  # seeded per item: the same batch gives the same pixels
+    other = dict(batch, seeds=[s + 1 for s in batch["seeds"]])
+    assert not torch.equal(x, dm.decode_encoded(other, "cpu")[0])
+
+
+def test_tensor_augmentation_matches_pil_without_randomness(synth: Path) -> None:
+    """With every random step off and the crop the whole (square) image, both paths only resize and
+    normalise: they agree up to interpolation differences."""
+    none = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
+    rel = read_dataset(synth, check="none").split("train").path.iat[0]
+    square = load_rgb(synth / rel).crop((0, 0, 90, 90))
+    pil = train_transform(none, PRE, domain="field")(square)
+    x = torch.from_numpy(np.asarray(square).copy()).permute(2, 0, 1)
+    tensor = TensorAugment(none, PRE)([x], [7])[0]
+    assert tensor.shape == pil.shape
+    assert (tensor - pil).abs().mean() < 0.03
+
+
+def test_gpu_decode_falls_back_to_pil_for_a_recipe_it_cannot_do(synth: Path) -> None:
+    dm = datamodule(synth, "data.num_workers=0", "data.herbarium_aug.background_swap=0.5", decode="gpu")
+    with pytest.warns(UserWarning, match="using PIL"):
+        loader = dm.train_dataloader()
+    assert dm.decode == "pil" and not isinstance(loader.dataset, EncodedTableDataset)
+
+
+def test_image_source_file_for_an_uncached_image(synth: Path) -> None:
+    source = ImageSource(synth, use_cache=False)
+    rel = read_dataset(synth, check="none").table.path.iat[0]
+    assert source.file_for(rel) == synth / rel
