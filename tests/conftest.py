@@ -1,10 +1,20 @@
-"""Shared fixtures: the real shared data (skipped with a reason when absent) and tiny dataset builders."""
+"""Shared fixtures: the real shared data, tiny dataset builders, and the strict-CI rule.
+
+Strict CI: with ``CI`` set (``.ci/run`` runs with ``CI=true``), a test that would be skipped because the
+browser, the shared data or an optional package is missing FAILS instead, so a green CI means every test ran.
+Locally such tests skip with the reason; ``-ra`` lists every skip in the summary.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 from PIL import Image
@@ -12,11 +22,50 @@ from PIL import Image
 from herbarium2field.paths import shared_data_dir
 
 
+def strict_ci() -> bool:
+    """True when ``CI`` is set to anything but an empty/false value (GitHub, GitLab and ``.ci/run`` say true)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+#: Reasons of skips that mean "something the suite needs is not installed / not there" (failures under CI).
+#: ``could not import`` is ``pytest.importorskip``'s own wording.
+MISSING = re.compile(r"could not import|no module named|not installed|shared PlantCLEF data|real image sample"
+                     r"|Chromium", re.IGNORECASE)
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip with ``reason`` locally; fail under CI, where everything the suite needs must be present."""
+    if strict_ci():
+        pytest.fail(f"required under CI, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_module(name: str, what: str | None = None) -> ModuleType:
+    """Import an optional package, or skip (fail under CI) saying it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing(f"{what or name} is not installed ({exc})")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Safety net under CI: a skip for a missing requirement raised anywhere (``pytest.importorskip`` in any
+    test file, a fixture's own ``pytest.skip``) becomes a failure; other skips stay skips (listed by ``-ra``)."""
+    rep = yield
+    if rep.skipped and strict_ci() and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        if MISSING.search(reason):
+            rep.outcome = "failed"
+            rep.longrepr = f"required under CI (CI={os.environ.get('CI')!r}), but skipped: {reason}"
+    return rep
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     root = shared_data_dir()
     if not (root / "aml" / "list" / "train.txt").is_file():
-        pytest.skip(f"shared PlantCLEF data not found at {root} (set H2F_SHARED_DATA)")
+        missing(f"shared PlantCLEF data not found at {root} (set H2F_SHARED_DATA)")
     return root
 
 
@@ -24,7 +73,7 @@ def shared_data() -> Path:
 def aml_sample(shared_data: Path) -> Path:
     root = shared_data / "aml-sample"
     if not (root / "list" / "train.txt").is_file():
-        pytest.skip(f"real image sample not found at {root}")
+        missing(f"real image sample not found at {root}")
     return root
 
 

@@ -85,4 +85,7 @@ def test_steps_are_off_by_default_and_on_by_switch(sheet_and_photo):
     (step,) = appearance_transfer_steps(AugmentConfig(green_shift=1.0, fda=1.0), field_pool=["p"],
                                         loader=lambda _: photo)
     random.seed(0)
-    assert step(sheet).size == sheet.size
+    out = step(sheet)
+    assert out.size == sheet.size
+    moved = np.abs(np.asarray(out, dtype=float) - np.asarray(sheet, dtype=float)).mean()
+    assert moved > 2  # the switched-on steps did change the sheet

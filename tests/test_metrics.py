@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -156,6 +157,69 @@ def test_bootstrap_is_seeded_and_contains_point() -> None:
             lo, hi = g["ci"][m]
             assert lo <= g[m] <= hi
             assert hi - lo < 0.35
+
+
+def loop_bootstrap(s: np.ndarray, y: np.ndarray, group: str, *, n_boot: int, seed: int,
+                   chunks: list[int] | None = None) -> dict[str, list[float]]:
+    """Reference percentile intervals by a plain loop: the same generator (seeded by the run seed and the
+    group's name), one resample at a time, each metric from the public one-shot functions."""
+    rng = np.random.default_rng([seed, zlib.crc32(group.encode())])
+    n = len(y)
+    idx = np.concatenate([rng.integers(0, n, size=(b, n)) for b in (chunks or [n_boot])])
+    reps: dict[str, list[float]] = {"top1": [], "top5": [], "mrr": [], "macro_top1": []}
+    for row in idx:
+        reps["top1"].append(topk_accuracy(s[row], y[row], 1))
+        reps["top5"].append(topk_accuracy(s[row], y[row], 5))
+        reps["mrr"].append(mean_reciprocal_rank(s[row], y[row]))
+        macro = macro_accuracy(s[row], y[row])
+        if macro is not None:
+            reps["macro_top1"].append(macro)
+    return {m: [float(v) for v in np.quantile(vals, [0.025, 0.975])] for m, vals in reps.items()}
+
+
+@pytest.mark.parametrize("n", [7, 64, 201])
+def test_bootstrap_intervals_equal_a_plain_loop(n: int) -> None:
+    rng = np.random.default_rng(n)
+    c = 9
+    y = rng.integers(0, c, size=n)
+    y[::11] = -1  # unknown labels: never right, left out of the macro average
+    s = rng.normal(size=(n, c))
+    s[np.arange(n), np.maximum(y, 0)] += 1.0
+    s[3] = s[3, 0]  # a row of ties
+    groups = {"odd": np.arange(n) % 2 == 1}
+    res = evaluate(s, y, groups, n_boot=400, seed=11)
+    for name, mask in {"overall": np.ones(n, bool), **groups}.items():
+        want = loop_bootstrap(s[mask], y[mask], name, n_boot=400, seed=11)
+        got = res["groups"][name]["ci"]
+        for m in ("top1", "top5", "mrr", "macro_top1"):
+            assert got[m] == pytest.approx(want[m], abs=1e-12), (name, m)
+
+
+def test_bootstrap_in_chunks_equals_a_plain_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resamples are drawn in memory-capped chunks; the intervals are still those of one plain loop."""
+    from herbarium2field.scoring import metrics
+
+    rng = np.random.default_rng(5)
+    n, c = 50, 6
+    y = rng.integers(0, c, size=n)
+    s = rng.normal(size=(n, c))
+    monkeypatch.setattr(metrics, "_BOOT_CELLS", 30 * n)  # 30 resamples per chunk: 30 + 30 + ... + 10
+    res = evaluate(s, y, n_boot=130, seed=2)
+    want = loop_bootstrap(s, y, "overall", n_boot=130, seed=2, chunks=[30, 30, 30, 30, 10])
+    got = res["groups"]["overall"]["ci"]
+    assert set(got) == set(want) and all(got[m] == pytest.approx(want[m], abs=1e-12) for m in want)
+    assert res["bootstrap"] == {"n_boot": 130, "seed": 2, "ci": 0.95, "method": "percentile"}
+
+
+def test_paired_diff_equals_a_plain_loop() -> None:
+    rng = np.random.default_rng(3)
+    a = (rng.random(80) < 0.4).astype(float)
+    b = (rng.random(80) < 0.6).astype(float)
+    idx = np.random.default_rng(9).integers(0, 80, size=(300, 80))
+    diffs = [float(np.mean(b[row]) - np.mean(a[row])) for row in idx]
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    d = paired_diff(a, b, n_boot=300, seed=9)
+    assert d == {"diff": round(float(np.mean(b) - np.mean(a)), 4), "ci": [round(lo, 4), round(hi, 4)], "n": 80}
 
 
 def test_per_class_with_absent_species() -> None:
