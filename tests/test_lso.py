@@ -182,6 +182,14 @@ def test_an_lso_benchmark_pools_its_folds_and_gives_a_verdict(lso_plan, synth_sm
     wo = next(v for v in verdict if v["group"] == "without_pairs")
     assert wo["frozen_logreg"]["diff"] == 0.0  # top-1 unchanged, by construction
     assert set(wo) >= {"frozen_logreg_top5", "candidate_top5"}
+    assert all(r["commit"] for r in rows)  # which code measured each cell
+    sel_n = rows[0]["selection_metrics"]["groups"]
+    assert f"Selection photos (no test photo; the recommended recipe is chosen on these): {sel_n['without_pairs']['n']}" in md
+    assert "| frozen_reserve |" in md and "†" not in md
+    (work / rows[1]["hits"]).unlink()  # a cell whose per-photo answers are gone: marked, and left out of verdicts
+    md = write_results(rows, plan, work / "out2.md", work=work, n_boot=50).read_text()
+    assert "| frozen_reserve † |" in md and "| frozen_logreg |" in md and "not re-run since" in md
+    assert json.loads((work / "out2_verdict.json").read_text()) == []
 
 
 def test_frozen_recipe_trains_by_config_and_answers_with_reserved_places(synth_small, tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ from herbarium2field.experiments.recommend import recommend, recommendation_mark
 from herbarium2field.experiments.verdict import verdict_markdown, verdicts
 from herbarium2field.features.recipe import train_frozen
 from herbarium2field.io import atomic_write_text, write_json
+from herbarium2field.run.card import git_commit
 from herbarium2field.run.paths import RunPaths
 from herbarium2field.system import load_average
 from herbarium2field.training.train import train
@@ -88,6 +89,7 @@ def run_cell(b: Benchmark, v: Variant, *, plan_dir: Path, work: Path, n_boot: in
         row = {"benchmark": b.name, "variant": v.name, "mode": res.mode, "train_minutes": timing.get("minutes"),
                "images_per_s": _throughput(run), "load_average_1min": timing.get("load_average_1min"),
                "metrics": res.metrics, "description": v.description}
+    row["commit"] = git_commit()
     write_json(result_file, row)
     return row
 
@@ -155,7 +157,7 @@ def _lso_cell(b: Benchmark, v: Variant, recipe: Variant, *, plan_dir: Path, work
             "trainings": k, "images_per_s": None, "load_average_1min": max(known) if known else None,
             "metrics": LsoOutcome(hits, n, k, minutes).metrics(n_boot=n_boot),
             "selection_metrics": LsoOutcome(selection, n, k, minutes).metrics(n_boot=n_boot),
-            "description": v.description, "hits": hits_file.relative_to(work).as_posix()}
+            "description": v.description, "hits": hits_file.relative_to(work).as_posix(), "commit": git_commit()}
 
 
 def _rounded(x: float | None) -> float | None:
@@ -231,18 +233,26 @@ def ablation_markdown(rows: list[dict[str, Any]], plan: Plan, *, work: Path | No
                 "ended (above the core count, other jobs shared the CPU and the cost is inflated; – not recorded).",
                 "",
                 "| variant | mode | top-1 overall | top-1 with pairs | top-1 without pairs | top-5 overall | "
-                "top-5 without pairs | train min | img/s | load |",
-                "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
-        for r in (r for r in rows if r["benchmark"] == bench):
+                "top-5 with pairs | top-5 without pairs | train min | img/s | load |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+        cells = [r for r in rows if r["benchmark"] == bench]
+        old = [r for r in cells if work is not None and not _answers_kept(work, plan, r)]
+        for r in cells:
             g = r["metrics"]["groups"]
             mins = f"{r['train_minutes']:.1f}" if r.get("train_minutes") is not None else "–"
             ips = f"{r['images_per_s']:.1f}" if r.get("images_per_s") is not None else "–"
             load = f"{r['load_average_1min']:.1f}" if r.get("load_average_1min") is not None else "–"
-            out.append(f"| {r['variant']} | {r['mode']} | {_pct(g['overall'], 'top1', True)} | "
-                       f"{_pct(g['with_pairs'], 'top1', True)} | {_pct(g['without_pairs'], 'top1', True)} | "
-                       f"{_pct(g['overall'], 'top5', True)} | {_pct(g['without_pairs'], 'top5', True)} | "
+            out.append(f"| {r['variant']}{' †' if r in old else ''} | {r['mode']} | "
+                       f"{_pct(g['overall'], 'top1', True)} | {_pct(g['with_pairs'], 'top1', True)} | "
+                       f"{_pct(g['without_pairs'], 'top1', True)} | {_pct(g['overall'], 'top5', True)} | "
+                       f"{_pct(g['with_pairs'], 'top5', True)} | {_pct(g['without_pairs'], 'top5', True)} | "
                        f"{mins} | {ips} | {load} |")
         out.append("")
+        if old:
+            out += ["† measured by an earlier version of the code and not re-run since: its per-photo answers are not "
+                    "in the work folder, so it takes no part in a paired verdict.", ""]
+        if any("selection_metrics" in r for r in cells):
+            out += _selection_table([r for r in cells if "selection_metrics" in r])
     ran = {r["benchmark"] for r in rows}
     for b in plan.benchmarks:
         if b.requires == "gpu" and b.name not in ran:
@@ -252,6 +262,31 @@ def ablation_markdown(rows: list[dict[str, Any]], plan: Plan, *, work: Path | No
     if plan.verdict and work is not None:
         out += verdict_markdown(rows, plan, work, n_boot=n_boot)
     return "\n".join(out)
+
+
+def _answers_kept(work: Path, plan: Plan, row: dict[str, Any]) -> bool:
+    """Whether the cell's per-photo answers are in ``work`` (needed for paired comparisons)."""
+    if row.get("hits"):
+        return (work / row["hits"]).is_file()
+    reuse = {v.name: v.reuse for v in plan.variants}
+    run = work / "runs" / row["benchmark"] / (reuse.get(row["variant"]) or row["variant"])
+    return (RunPaths(run).eval_dir("test", row["mode"]) / "predictions.csv").is_file()
+
+
+def _selection_table(cells: list[dict[str, Any]]) -> list[str]:
+    """The leave-species-out selection photos (no test photo): what the recommendation is chosen on."""
+    g0 = cells[0]["selection_metrics"]["groups"]
+    out = [f"Selection photos (no test photo; the recommended recipe is chosen on these): "
+           f"{g0['without_pairs']['n']} training photos of the held-out species, {g0['with_pairs']['n']} "
+           "validation photos of the others.", "",
+           "| variant | top-1 with pairs | top-1 without pairs | top-5 with pairs | top-5 without pairs |",
+           "| --- | --- | --- | --- | --- |"]
+    for r in cells:
+        g = r["selection_metrics"]["groups"]
+        out.append(f"| {r['variant']} | {_pct(g['with_pairs'], 'top1', True)} | "
+                   f"{_pct(g['without_pairs'], 'top1', True)} | {_pct(g['with_pairs'], 'top5', True)} | "
+                   f"{_pct(g['without_pairs'], 'top5', True)} |")
+    return [*out, ""]
 
 
 def write_results(rows: list[dict[str, Any]], plan: Plan, out: Path, *, work: Path | None = None,

@@ -47,8 +47,11 @@ def verdicts(rows: list[dict[str, Any]], plan: Plan, work: Path, *, n_boot: int 
         cells = {r["variant"]: r for r in rows if r["benchmark"] == bench}
         if v.candidate not in cells:
             continue
-        cand = _hits(work, plan, cells[v.candidate])
-        bases = {b: _hits(work, plan, cells[b]).reindex(cand.index) for b in v.baselines if b in cells}
+        try:
+            cand = _hits(work, plan, cells[v.candidate])
+            bases = {b: _hits(work, plan, cells[b]).reindex(cand.index) for b in v.baselines if b in cells}
+        except FileNotFoundError:  # a cell measured elsewhere (or by an older version): no per-photo hits here
+            continue
         reps = [cells[n]["metrics"]["groups"] for n in v.repeats if n in cells]
         for g in GROUPS:
             mask = cand["group"].eq(g) if g != "overall" else pd.Series(True, index=cand.index)
