@@ -190,3 +190,31 @@ def test_image_source_file_for_an_uncached_image(synth: Path) -> None:
     source = ImageSource(synth, use_cache=False)
     rel = read_dataset(synth, check="none").table.path.iat[0]
     assert source.file_for(rel) == synth / rel
+
+
+def test_training_source_decodes_big_originals_in_draft_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An original much larger than the source's size is decoded DCT-scaled (JPEG draft mode), never below that
+    size, and resized to it: the short side is the size asked for, the pixels those of a full decode resized
+    alike (within JPEG rounding)."""
+    from PIL import JpegImagePlugin
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (45, 66, 3), dtype=np.uint8)  # smooth detail once upsampled, like a photo
+    rel = "train/photo/1/1.jpg"
+    (tmp_path / rel).parent.mkdir(parents=True)
+    Image.fromarray(small).resize((1320, 900), Image.Resampling.BICUBIC).save(tmp_path / rel, quality=92)
+    scales: list[int] = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):  # type: ignore[no-untyped-def]
+        out = draft(self, mode, size)
+        scales.append(self.decoderconfig[0])
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    got = ImageSource(tmp_path, size=224, use_cache=False).load(rel)
+    assert scales == [4]  # 900 // 224 = 4: a quarter-size decode (330 x 225), >= 224 on the short side
+    assert got.size == (329, 224)
+    full = Image.open(tmp_path / rel).convert("RGB").resize(got.size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    diff = np.abs(np.asarray(got, np.int16) - np.asarray(full, np.int16))
+    assert diff.mean() < 1.2 and np.percentile(diff, 99) < 5  # a nearest-neighbour resize: 1.9 and 7
