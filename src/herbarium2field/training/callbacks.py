@@ -127,12 +127,20 @@ class EpochLog(Callback):
 class EpochCSV(Callback):
     """One row per epoch in ``metrics.csv`` (rewritten atomically, so resume continues it cleanly).
 
+    ``lr_head`` and ``lr_backbone`` are the rates the epoch's last optimizer step used (a frozen warm-up epoch:
+    ``train.lr_warmup_head`` and 0), not those the scheduler has already moved on to for the next epoch.
+
     The row of an epoch is written before that epoch's checkpoint; a run killed in between may hold a row
     its checkpoint does not know. On resume such rows are dropped, and the re-run epoch writes them again.
     """
 
     def __init__(self, path: Path, warmup_epochs: int, throughput: Throughput) -> None:
         self.path, self.warmup_epochs, self.throughput = path, warmup_epochs, throughput
+        self.step_lrs: dict[str, float] | None = None  # the rates of this epoch's latest optimizer step
+
+    @staticmethod
+    def _lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        return {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -142,11 +150,19 @@ class EpochCSV(Callback):
         if len(kept) != len(rows):
             self._write(kept)
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.step_lrs = None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        # before the step, hence before the per-step scheduler moves the rates on
+        self.step_lrs = self._lrs(optimizer)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(trainer.optimizers[0].param_groups)}
+        lrs = self.step_lrs if self.step_lrs is not None else self._lrs(trainer.optimizers[0])  # (an epoch without steps)
         epoch = trainer.current_epoch
         row = {
             "epoch": epoch,
