@@ -1,5 +1,5 @@
 """Training throughput: our pipeline (manifest → balanced sampler → per-domain transforms → Lightning) vs a
-plain timm + torchvision ``ImageFolder`` loop on the same images, measured side by side in one run.
+plain timm + torchvision loop on the same images, measured side by side in one run.
 
 Loaders (images/s, and per core = per worker process) are measured in interleaved rounds (each round
 starting with another pipeline, workers stopped after each measurement), median reported, so that a
@@ -8,11 +8,20 @@ change in the machine's load hits every pipeline alike:
 - ``herbarium2field``: our training loader as ``h2f train`` builds it (default recipe, PIL path);
 - ``herbarium2field, prepared cache``: the same after ``h2f prepare`` (the default input when present);
 - ``herbarium2field, GPU decode``: workers read bytes, nvJPEG + GPU augmentation (only with a GPU);
-- ``plain ImageFolder``: what a user writes by hand (its own lighter recipe: crop, flip, jitter w/o hue);
-- ``plain loader, our images + recipe``: a minimal hand-written Dataset over exactly our training images
-  (sheets and photos) with our per-domain transforms, shuffled by a plain DataLoader: the same per-image
-  work as ours, so the difference to ours is our loader machinery (manifest, balanced sampler, per-item
-  seeding, decode path with its checks, collation).
+- ``plain loader, our images + recipe`` (the headline baseline): a minimal hand-written Dataset over exactly
+  our training images (sheets and photos), PIL's loader and our recipe written with stock torchvision/timm
+  ops only (``ToTensor`` + ``Normalize`` where we fuse them), shuffled by a plain DataLoader. Same pixels as
+  ours for the same seeds (tests/test_loader.py), so the ratio to it is what our loader adds or saves:
+  manifest, balanced sampler, per-item seeding, decode path with its checks, fused ops, collation;
+- ``plain ImageFolder``: what a user writes by hand with its own *lighter* recipe (bilinear crop, flip,
+  jitter without hue, herbarium sheets only). Reported, but not the same work: our recipe's hue jitter
+  alone is about a third of an item's CPU time (see ``per_item_ms`` and docs/performance.md).
+
+``per_item_ms`` is the same comparison without worker processes: one process, one torch thread (as in a
+worker), item by item with the three pipelines interleaved, timed in this thread's CPU time (waiting for a
+core on a busy machine does not count); each item runs ``--profile-repeats`` times with the same seed and
+its fastest run is kept. It gives the CPU ms per image of each step (decode, each transform) and of the
+whole item: per core, and robust to the load of a busy machine.
 
 Then training images/s of ours (Lightning) and the plain loop. Runs on a GPU when present (bf16,
 channels_last, all cores as workers). Records the load average before and after.
@@ -43,9 +52,10 @@ from benchmarks.common import machine_info, print_table, write_result  # noqa: E
 from herbarium2field.config import load_config  # noqa: E402
 from herbarium2field.data.cache import prepare_cache  # noqa: E402
 from herbarium2field.data.datamodule import H2FDataModule  # noqa: E402
+from herbarium2field.data.datasets import seeded  # noqa: E402
 from herbarium2field.data.manifest import read_dataset  # noqa: E402
 from herbarium2field.data.synth import generate_dataset  # noqa: E402
-from herbarium2field.data.transforms import train_transform  # noqa: E402
+from herbarium2field.data.transforms import ToNormalizedTensor, train_transform  # noqa: E402
 from herbarium2field.models.backbones import preprocessing_for  # noqa: E402
 from herbarium2field.models.lightning import H2FLightningModule  # noqa: E402
 from herbarium2field.system import load_average, usable_cores  # noqa: E402
@@ -182,6 +192,18 @@ def plain_loader(data: Path, args: argparse.Namespace, transform) -> DataLoader:
     )
 
 
+def stock_transform(ours: T.Compose) -> T.Compose:
+    """Our recipe written with stock torchvision/timm ops only, as a user would by hand: ``ToTensor`` +
+    ``Normalize`` where we use the fused, bit-identical :class:`ToNormalizedTensor`."""
+    steps: list[object] = []
+    for step in ours.transforms:
+        if isinstance(step, ToNormalizedTensor):
+            steps += [T.ToTensor(), T.Normalize(step.mean, step.std)]
+        else:
+            steps.append(step)
+    return T.Compose(steps)
+
+
 class PlainTable(Dataset):
     """The hand-written baseline for "same images, same recipe": PIL's loader + a transform per domain."""
 
@@ -195,6 +217,99 @@ class PlainTable(Dataset):
     def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
         path, label, domain = self.items[i]
         return self.transforms[domain](pil_loader(path)), label  # type: ignore[operator]  (label: the row)
+
+
+def _op_name(step: object) -> str:
+    """A transform step's name, with what makes two steps of one type cost differently."""
+    name = type(step).__name__
+    if isinstance(step, T.ColorJitter):
+        return name + (" (with hue)" if step.hue is not None else " (no hue)")
+    interpolation = getattr(step, "interpolation", None)
+    if interpolation is not None and "Crop" in name:
+        value = interpolation if isinstance(interpolation, str) else getattr(interpolation, "value", interpolation)
+        return f"{name} ({value})"
+    return name
+
+
+def per_item_profile(dm: H2FDataModule, data: Path, plain_tf: T.Compose, items: int,
+                     repeats: int) -> dict[str, dict[str, object]]:
+    """CPU ms per image of every step and of the whole item, for ours, the plain loader with our recipe and
+    the plain ImageFolder recipe, all three on the same ``items`` training images (both domains, spread over
+    the table; the ImageFolder loader itself reads the sheets only, of about the photos' pixel count).
+
+    In this process, one torch thread (as in a loader worker), item by item with the pipelines interleaved,
+    timed in this thread's CPU time: waiting for a core on a busy machine does not count. Each item runs
+    ``repeats`` times with the same seed (the same random draws, the same work), each time in another
+    pipeline order: the fastest whole item is kept, and the steps of the fastest step-by-step run. Means
+    over the items, so the steps add up; ``loader_own_ms`` (item - steps) is what the dataset adds around
+    them (seeding, look-ups, the item tuple), within the noise of two separate runs."""
+    ours = dm.train_dataset()
+    paths = dm.train_table.path.astype(str).tolist()
+    stock = {code: stock_transform(tf) for code, tf in ours.transforms.items()}  # type: ignore[arg-type]
+
+    def ours_parts(i: int) -> tuple[object, T.Compose]:
+        return dm.source.load(paths[i]), ours.transforms[int(ours.domains[i])]  # type: ignore[return-value]
+
+    def stock_parts(i: int) -> tuple[object, T.Compose]:
+        return pil_loader(str(data / paths[i])), stock[int(ours.domains[i])]
+
+    def plain_parts(i: int) -> tuple[object, T.Compose]:
+        return pil_loader(str(data / paths[i])), plain_tf
+
+    def whole(name: str, i: int) -> None:
+        if name == "herbarium2field":
+            ours[(i, i)]  # the dataset's own item: seeding, decode, transforms, the tuple
+            return
+        img, tf = pipelines[name][0](i)
+        with seeded(i):
+            tf(img)
+
+    pipelines = {  # name: (decode + the item's transform, what decodes)
+        "herbarium2field": (ours_parts, "decode (ImageSource.load)"),
+        "plain loader, our images + recipe": (stock_parts, "decode (pil_loader)"),
+        "plain ImageFolder": (plain_parts, "decode (pil_loader)"),
+    }
+    rows = sorted({round(k * (len(ours) - 1) / max(items - 1, 1)) for k in range(min(items, len(ours)))})
+    ms: dict[str, dict[str, list[float]]] = {name: {"item": [0.0] * len(rows)} for name in pipelines}
+    names = list(pipelines)
+    clock = time.thread_time
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for n, i in enumerate(rows):
+            best_item = dict.fromkeys(pipelines, float("inf"))
+            best_steps: dict[str, dict[str, float]] = {}
+            for r in range(repeats):
+                for name in names[r % len(names):] + names[:r % len(names)]:  # no pipeline always first
+                    parts, decode_name = pipelines[name]
+                    t0 = clock()
+                    whole(name, i)
+                    best_item[name] = min(best_item[name], clock() - t0)
+                    t0 = clock()
+                    x, tf = parts(i)
+                    steps = {decode_name: clock() - t0}
+                    with seeded(i):
+                        for step in tf.transforms:
+                            t0 = clock()
+                            x = step(x)
+                            steps[_op_name(step)] = clock() - t0
+                    if sum(steps.values()) < sum(best_steps.get(name, {"": float("inf")}).values()):
+                        best_steps[name] = steps
+            for name in pipelines:
+                ms[name]["item"][n] = 1000 * best_item[name]
+                for op, sec in best_steps[name].items():  # a step the item's domain lacks costs it 0
+                    ms[name].setdefault(op, [0.0] * len(rows))[n] = 1000 * sec
+    finally:
+        torch.set_num_threads(threads)
+    out: dict[str, dict[str, object]] = {}
+    for name, ops in ms.items():
+        mean = {op: statistics.fmean(v) for op, v in ops.items()}
+        item = mean.pop("item")
+        steps_ms = sum(mean.values())
+        out[name] = {"item_ms": item, "images_per_s_per_core": 1000 / item, "steps_ms": mean,
+                     "sum_of_steps_ms": steps_ms, "loader_own_ms": item - steps_ms, "items": len(rows),
+                     "repeats": repeats, "clock": "thread CPU time"}
+    return out
 
 
 def plain_training(model: torch.nn.Module, loader: DataLoader, args: argparse.Namespace, gpu: bool) -> float:
@@ -237,6 +352,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=320, help="short side of the synthetic JPEGs")
     p.add_argument("--loader-batches", type=int, default=20, help="timed batches per loader and round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved loader rounds (median reported)")
+    p.add_argument("--profile-items", type=int, default=48,
+                   help="images in the in-process per-step profile (per_item_ms; 0: skip it)")
+    p.add_argument("--profile-repeats", type=int, default=5, help="runs per image in that profile (fastest kept)")
     p.add_argument("--no-train", action="store_true", help="loaders only")
     p.add_argument("--name", default=None, help="results file name (default train_cpu / train_gpu)")
     args = p.parse_args()
@@ -263,8 +381,8 @@ def main() -> None:
         model = timm.create_model(args.backbone, num_classes=len(list((data / "train" / "herbarium").iterdir())))
         pipelines["plain ImageFolder"] = (plain_loader(data, args, plain_transform(model)), None)
         same = PlainTable(data, dm.train_table, {
-            "herbarium": train_transform(dm.cfg.data.herbarium_aug, dm.pre, domain="herbarium"),
-            "field": train_transform(dm.cfg.data.field_aug, dm.pre, domain="field")})
+            "herbarium": stock_transform(train_transform(dm.cfg.data.herbarium_aug, dm.pre, domain="herbarium")),
+            "field": stock_transform(train_transform(dm.cfg.data.field_aug, dm.pre, domain="field"))})
         pipelines["plain loader, our images + recipe"] = (DataLoader(
             same, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
             persistent_workers=args.workers > 0, pin_memory=torch.cuda.is_available()), None)
@@ -280,6 +398,8 @@ def main() -> None:
                     startup[name] = started
         loader_ips = {k: statistics.median(v) for k, v in rates.items()}
         del pipelines
+        per_item = (per_item_profile(dm, data, plain_transform(model), args.profile_items, args.profile_repeats)
+                    if args.profile_items > 0 else {})
         train_ips: dict[str, float] = {}
         if not args.no_train:
             train_ips["herbarium2field"] = our_training(dm, module, args, gpu)
@@ -301,11 +421,16 @@ def main() -> None:
         }
         for name, ips in loader_ips.items()
     ]
-    ratios = {
-        "ours_over_plain_loader": loader_ips["herbarium2field"] / plain,
+    ratios = {  # the headline first: the same recipe; then against plain ImageFolder's lighter recipe
         "ours_over_plain_same_recipe_loader": loader_ips["herbarium2field"] / plain_same,
+        "ours_cache_over_plain_same_recipe_loader": loader_ips["herbarium2field, prepared cache"] / plain_same,
+        "ours_over_plain_loader": loader_ips["herbarium2field"] / plain,
         "ours_cache_over_plain_loader": loader_ips["herbarium2field, prepared cache"] / plain,
     }
+    if per_item:
+        ours_ms = per_item["herbarium2field"]["item_ms"]
+        ratios["ours_over_plain_same_recipe_per_item"] = per_item["plain loader, our images + recipe"]["item_ms"] / ours_ms  # type: ignore[operator]
+        ratios["ours_over_plain_per_item"] = per_item["plain ImageFolder"]["item_ms"] / ours_ms  # type: ignore[operator]
     if train_ips:
         ratios["ours_over_plain_train"] = train_ips["herbarium2field"] / train_ips["plain ImageFolder"]
         ratios["ours_loader_over_ours_train"] = loader_ips["herbarium2field"] / train_ips["herbarium2field"]
@@ -323,7 +448,9 @@ def main() -> None:
         "device": "cuda" if gpu else "cpu",
         "precision": "bf16-mixed + channels_last" if gpu else "fp32",
         "rows": rows,
+        "headline": "ours_over_plain_same_recipe_loader",
         "ratios": ratios,
+        "per_item_ms": per_item,
         "load_average_1min": {"before": load_before, "after": load_after},
         "machine": machine_info(),
     }
@@ -333,6 +460,15 @@ def main() -> None:
         [{k: v for k, v in row.items()} for row in rows],
         formats={"first_batch_s": ".1f"},
     )
+    if per_item:
+        ops = list(dict.fromkeys(op for r in per_item.values() for op in r["steps_ms"]))  # type: ignore[attr-defined]
+        print_table(
+            "CPU ms per image, one process, one thread (fastest of the repeats, mean over the images)",
+            [{"step": op, **{name: r["steps_ms"].get(op, 0.0) for name, r in per_item.items()}} for op in ops]  # type: ignore[attr-defined]
+            + [{"step": "loader's own (item - steps)", **{n: r["loader_own_ms"] for n, r in per_item.items()}},
+               {"step": "item", **{name: r["item_ms"] for name, r in per_item.items()}}],
+            formats={name: ".2f" for name in per_item},
+        )
     print("; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
     print(f"load average (1 min): {load_before} before, {load_after} after; written to {path}")
 
