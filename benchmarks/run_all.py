@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "serve_load": ("bench_serve_load", [], ["--seconds", "5"]),
     "baseline_aml_sample": ("baseline_aml_sample", [], []),
     "recommended_cpu": ("bench_recommended_cpu", [], ["--n-boot", "200"]),
+    "predict": ("bench_predict", ["--n", "5000"], ["--n", "300"]),
     # On a GPU the 8-minute check (gpu_check.json); without one its dry run (gpu_check_dry_run.json).
     "gpu_check": ("gpu_check", [], []),
 }
