@@ -156,7 +156,54 @@ def test_identify_synthetic_photos(client, synth_small):
         assert res["herbarium"] and all(s["class_id"] == res["class_id"] for s in res["herbarium"])
         for s in res["herbarium"]:
             assert client.get(s["thumbnail_url"]).status_code == 200
-    assert ans["confident"] in (True, False) and ans["message"]
+    assert_confidence_rule(ans)
+
+
+def assert_confidence_rule(ans: dict) -> None:
+    """``confident`` is exactly "the top score reaches the calibrated threshold" (False when the calibration
+    found no threshold, None when the run has no calibration), and the message says which."""
+    threshold, top = ans["threshold"], ans["results"][0]
+    assert ans["message"]
+    if threshold is None:
+        assert ans["confident"] is None and "no confidence threshold" in ans["message"]
+    elif threshold["value"] is None:
+        assert ans["confident"] is False and "never reaches" in ans["message"]
+    else:
+        assert abs(top["score"] - threshold["value"]) > 1e-4  # scores are rounded to 4 places in the answer
+        assert ans["confident"] is (top["score"] >= threshold["value"])
+        if ans["confident"]:
+            assert ans["message"].startswith(top["species"]) and ans["answer"]["name"] == top["species"]
+        elif ans["answer"]["level"] == "none":
+            assert "below the threshold" in ans["message"]
+
+
+def test_confident_is_the_top_score_against_the_threshold(identify_run, synth_small):
+    """The rule itself, on the real model and photo, with the run's calibration replaced by thresholds just
+    below and just above the photo's top score, one that reaches no precision target, and none at all."""
+    from herbarium2field.data.images import load_rgb
+    from herbarium2field.identify.service import Identifier
+
+    ident = Identifier(identify_run, backend="torch")
+    photo = load_rgb(test_photos(synth_small, 1)[0], min_side=ident.min_side)
+    base = {"n": 20, "precision": 0.9, "coverage": 0.5, "target_precision": 0.9}
+
+    def ask(calibration: dict | None) -> dict:
+        ident.calibration = calibration
+        return ident.identify([photo], ["p.jpg"], top_k=3, sheets=0)
+
+    top = ask(None)["results"][0]["score"]
+    below = ask({**base, "threshold": top - 1e-3, "reached": True})
+    above = ask({**base, "threshold": top + 1e-3, "reached": True})
+    unreachable = ask({**base, "threshold": None, "reached": False})
+    uncalibrated = ask(None)
+    assert below["confident"] is True and below["answer"] == {"level": "species", "name": below["results"][0]["species"],
+                                                              "score": pytest.approx(top, abs=1e-4)}
+    assert above["confident"] is False and "below the threshold" in above["message"]
+    assert unreachable["confident"] is False and "never reaches 90% precision" in unreachable["message"]
+    assert uncalibrated["confident"] is None and uncalibrated["threshold"] is None
+    for ans in (below, above, unreachable, uncalibrated):
+        assert_confidence_rule(ans)
+        assert [r["score"] for r in ans["results"]] == [r["score"] for r in below["results"]]  # ranking unchanged
 
 
 def test_identify_real_field_photo(client, aml_sample):

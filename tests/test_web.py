@@ -10,9 +10,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from herbarium2field.paths import project_root
+from tests.conftest import missing, require_module
 from tests.test_identify import test_photos
 from tests.test_run_contract import bundles, moved  # noqa: F401 (fixtures)
 from tests.test_serve import Server
@@ -34,10 +36,8 @@ ARTIFACTS = project_root() / "test-artifacts"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
-        pytest.skip(
-            f"headless Chromium not installed at {CHROMIUM} (apt-get install chromium, or `make browser`)"
-        )
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+        missing(f"headless Chromium not installed at {CHROMIUM} (apt-get install chromium, or `make browser`)")
+    sync_api = require_module("playwright.sync_api", "Playwright for Python")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
@@ -67,15 +67,53 @@ def field_photo(aml_sample_dir: Path | None, synth: Path) -> Path:
 def photo(request: pytest.FixtureRequest, synth_small: Path) -> Path:
     try:
         sample = request.getfixturevalue("aml_sample")
-    except pytest.skip.Exception:
+    except pytest.skip.Exception:  # (under CI a missing sample fails instead)
         sample = None  # no shared data: a synthetic field photo still exercises the page
     return field_photo(sample, synth_small)
 
 
-def identify_in_page(page, site: str, photos: list[Path]) -> list[str]:  # type: ignore[no-untyped-def]
+def watch_errors(page) -> list[str]:  # type: ignore[no-untyped-def]
+    """JavaScript exceptions and console errors of ``page`` from now on (the list fills as they happen)."""
     errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}")
+            if msg.type in ("error", "warning") else None)
+    return errors
+
+
+def pct(x: float) -> str:
+    """The page's percentage (app.js ``pct``): whole percent at the ends of the range, else one decimal."""
+    return f"{x * 100:.{0 if x >= 0.995 or x < 0.001 else 1}f}%"
+
+
+def api_answer(site: str, photos: list[Path]) -> dict:
+    """What the page's own request (``/api/identify?top_k=5&sheets=4``) answers for these photos."""
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    r = httpx.post(f"{site}/api/identify", params={"top_k": 5, "sheets": 4}, files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_cards_show(page, answer: dict) -> None:  # type: ignore[no-untyped-def]
+    """The result cards name the API's species, in its order, with its percentages."""
+    cards = page.locator(".result-card")
+    assert cards.count() == len(answer["results"]) == 5
+    shown = [(cards.nth(i).locator(".species").inner_text().strip(), cards.nth(i).locator(".pct").inner_text().strip())
+             for i in range(cards.count())]
+    assert shown == [(r["species"], pct(r["score"])) for r in answer["results"]]
+
+
+def verdict_title(answer: dict) -> str:
+    """The verdict's heading for an API answer: the species, the genus, or the "no confident match" state."""
+    if answer["confident"] is True:
+        return answer["results"][0]["species"]
+    if (answer.get("answer") or {}).get("level") == "genus":
+        return answer["answer"]["name"]
+    return "No confident match" if answer["confident"] is False else "Most likely species"
+
+
+def identify_in_page(page, site: str, photos: list[Path]) -> list[str]:  # type: ignore[no-untyped-def]
+    errors = watch_errors(page)
     page.goto(site + "/")
     page.wait_for_function("document.getElementById('model-info').textContent.includes('species')")
     assert page.locator("#identify").is_disabled()
@@ -94,15 +132,14 @@ def identify_in_page(page, site: str, photos: list[Path]) -> list[str]:  # type:
 def test_upload_a_field_photo_and_see_five_species_with_their_sheets(browser, site, photo):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors = identify_in_page(page, site, [photo])
+    answer = api_answer(site, [photo])
+    assert_cards_show(page, answer)
     cards = page.locator(".result-card")
-    assert cards.count() == 5
-    for i in range(5):
-        card = cards.nth(i)
-        assert card.locator(".species").inner_text().strip()
-        assert card.locator(".pct").inner_text().endswith("%")
-        assert card.locator(".sheet img").count() >= 1
+    for i, r in enumerate(answer["results"]):  # each card's sheets are the API's sheets of that species
+        shown = cards.nth(i).locator(".sheet img").evaluate_all("imgs => imgs.map(i => new URL(i.src).pathname)")
+        assert shown == [s["thumbnail_url"] for s in r["herbarium"]] and shown
     verdict = page.locator("#verdict")
-    assert verdict.is_visible() and verdict.inner_text().strip()
+    assert verdict.is_visible() and verdict.locator("h2").inner_text().strip() == verdict_title(answer)
     assert not page.locator("#status").is_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_identify.png"), full_page=True)
@@ -120,8 +157,9 @@ def test_phone_viewport_and_clear_errors(browser, site, photo, tmp_path):
     page = browser.new_page(
         viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
     )
-    identify_in_page(page, site, [photo, photo])
-    assert page.locator(".result-card").count() == 5
+    errors = identify_in_page(page, site, [photo, photo])
+    assert_cards_show(page, api_answer(site, [photo, photo]))  # two photos of one plant: one combined answer
+    assert errors == []
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
     assert page.locator("label[for=camera-input]").is_visible()  # touch screens get the camera button
     assert page.locator("#camera-input").get_attribute("capture") == "environment"
@@ -136,6 +174,8 @@ def test_phone_viewport_and_clear_errors(browser, site, photo, tmp_path):
     message = page.locator("#error").inner_text()
     assert "notes.jpg" in message and "not an image" in message
     assert page.locator(".result-card").count() == 5 and not page.locator("#results").is_visible()
+    # the only console error is the browser's own line for the refused upload (HTTP 415): no JavaScript error
+    assert [e for e in errors if "status of 415" not in e] == [], errors
     page.close()
 
 
@@ -154,7 +194,7 @@ def bundle_site(bundles: dict[str, Path], moved: dict[str, Path],  # noqa: F811
 def test_a_deployed_bundle_serves_the_page_with_its_sheets(browser, bundle_site, photo):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors = identify_in_page(page, bundle_site, [photo])  # waits until every sheet thumbnail has loaded
-    assert page.locator(".result-card").count() == 5
+    assert_cards_show(page, api_answer(bundle_site, [photo]))
     assert page.locator(".result-card .sheet img").count() >= 5
     sizes = page.evaluate("Array.from(document.querySelectorAll('.result-card .sheet img')).map(i => i.naturalWidth)")
     assert min(sizes) > 0
