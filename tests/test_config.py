@@ -71,40 +71,44 @@ def _changed(a, b) -> set[str]:
     return {k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)}
 
 
-def _measured_recipe() -> list[str]:
-    """The overrides + inference mode of the ablation's "recommended" variant (benchmarks/ablation.yaml)."""
+def _variant_recipe(name: str) -> list[str]:
+    """The overrides, ranking and inference settings of an ablation variant (benchmarks/ablation.yaml), as the
+    ablation measured it (a variant that reuses another's run is trained with that variant's overrides)."""
     from herbarium2field.experiments.plan import load_plan
 
     variants = {v.name: v for v in load_plan(project_root() / "benchmarks" / "ablation.yaml").variants}
-    rec = variants["recommended"]
-    trained = variants[rec.reuse] if rec.reuse else rec
-    mode, _, source = rec.mode.partition("-")
-    return [*trained.overrides, f"inference.mode={mode}"] + ([f"inference.prototype_source={source}"] if source else [])
+    v = variants[name]
+    trained = variants[v.reuse] if v.reuse else v
+    mode, _, source = v.mode.partition("-")
+    return [*trained.overrides, f"inference.mode={mode}",
+            *([f"inference.prototype_source={source}"] if source else []),
+            *(f"inference.{k}={val}" for k, val in v.inference.items())]
 
 
 def test_recommended_configs_ship_exactly_the_recipe_the_ablation_measured():
     configs = project_root() / "configs"
-    recipe = _measured_recipe()
+    recipe = _variant_recipe("recommended")
     measured_cpu = load_config(configs / "lite0_cpu_arcface.yaml", recipe)
     assert _changed(measured_cpu, load_config(configs / "recommended_lite0_cpu.yaml")) <= {"name", "data.root"}
     measured_gpu = load_config(configs / "convnextv2_nano_arcface.yaml", recipe)
     assert _changed(measured_gpu, load_config(configs / "recommended.yaml")) == {"name"}
+    assert measured_cpu.inference.genus_insert is not None or "genus_insert" not in " ".join(recipe)
 
 
-def test_demo_runs_are_the_recommended_recipe_and_a_plain_softmax_baseline():
+def test_demo_runs_are_the_ablations_synth20g_cells():
+    """make demo trains the softmax, ArcFace and recommended cells of the ablation's synth20g benchmark: the
+    same config, benchmark overrides and variant, only the run's name and data folder differ."""
     from herbarium2field.experiments.plan import load_plan
 
+    plan = load_plan(project_root() / "benchmarks" / "ablation.yaml")
+    bench = next(b for b in plan.benchmarks if b.name == "synth20g")
+    base = (plan.path.parent / bench.config).resolve()
     configs = project_root() / "configs"
-    rec, arc, soft = (load_config(configs / f"{n}.yaml") for n in ("recommended_lite0_cpu", "demo_arcface",
-                                                                    "demo_softmax"))
-    size_only = {"name", "data.root", "data.image_size", "data.val_field_fraction", "data.val_herbarium_fraction",
-                 "model.embedding_dim", "train.epochs", "train.warmup_epochs", "train.lr_backbone"}
-    assert _changed(rec, arc) <= size_only  # the demo shrinks the run, it changes no ingredient
-    # Every setting any ablation variant switches is off in the softmax baseline (as in the plain base).
-    switched = {o.split("=")[0] for v in load_plan(project_root() / "benchmarks" / "ablation.yaml").variants
-                for o in v.overrides if not o.startswith("seed=")} | {"inference.mode"}
-    # "off" for the ranking is the classifier: the ablation scores a trained variant in classifier mode unless the
-    # variant names another (the config's own default, auto, may switch to prototypes)
-    plain = _flat(load_config(configs / "lite0_cpu_arcface.yaml", ["model.head=softmax", "inference.mode=classifier"]))
-    assert {k: _flat(soft)[k] for k in switched} == {k: plain[k] for k in switched}
-    assert _changed(arc, soft) <= switched | {"name"}
+    for demo, variant in (("demo_softmax", "softmax"), ("demo_arcface", "arcface"),
+                          ("demo_recommended", "recommended")):
+        assert variant in bench.variants
+        measured = load_config(base, [*bench.overrides, *_variant_recipe(variant)])
+        assert _changed(measured, load_config(configs / f"{demo}.yaml")) <= {"name", "data.root"}, demo
+    # the ArcFace cell ranks by its classifier (the ablation's default mode), like softmax: a like-for-like pair
+    arc, soft = (load_config(configs / f"{n}.yaml") for n in ("demo_arcface", "demo_softmax"))
+    assert _changed(arc, soft) == {"name", "model.head"}
