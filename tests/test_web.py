@@ -140,6 +140,11 @@ def test_upload_a_field_photo_and_see_five_species_with_their_sheets(browser, si
         assert shown == [s["thumbnail_url"] for s in r["herbarium"]] and shown
     verdict = page.locator("#verdict")
     assert verdict.is_visible() and verdict.locator("h2").inner_text().strip() == verdict_title(answer)
+    g = answer["genus"]  # the genus line: the API's genus, its score (sum of its species'), its species count
+    line = " ".join(page.locator("#genus-line").inner_text().split())
+    assert line == (f"Genus: {g['name']} {pct(g['score'])}" + (f" · family {g['family']}" if g["family"] else "")
+                    + f" · {len(g['species'])} species of this genus known to the model")
+    assert page.locator("#genus-line em").inner_text() == g["name"]
     assert not page.locator("#status").is_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_identify.png"), full_page=True)
