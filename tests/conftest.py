@@ -8,10 +8,20 @@ Locally such tests skip with the reason; ``-ra`` lists every skip in the summary
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import re
+import subprocess
 import sys
+import warnings
+
+# Torch's OpenMP threads spin while they wait for each other. On 2 cores shared with loader workers, a server
+# and its client, parallel runs or another job, a spinning thread holds the core its partner needs: a tiny
+# training step measured 6 s instead of 0.1 s. Waiting passively costs microseconds on an idle machine. Set
+# before torch is imported (libgomp reads it once); every `h2f` subprocess of the suite inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Callable, Generator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -75,6 +85,30 @@ def aml_sample(shared_data: Path) -> Path:
     if not (root / "list" / "train.txt").is_file():
         missing(f"real image sample not found at {root}")
     return root
+
+
+def h2f_here(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``h2f ARGS`` in this process, through ``cli.main`` as the console script calls it: exit code, stdout and
+    stderr (warnings included, as Python shows them) as a subprocess would give them, without a fresh
+    interpreter's 10-15 s of imports. test_cli.py runs every command as the real console script too."""
+    from herbarium2field import cli
+
+    argv = ["h2f", *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    with (pytest.MonkeyPatch.context() as mp, redirect_stdout(out), redirect_stderr(err),
+          warnings.catch_warnings(record=True) as caught):
+        warnings.simplefilter("default")  # Python's own default, as in a fresh process
+        mp.setattr(sys, "argv", argv)
+        for key, value in {"COLUMNS": "200", **(env or {})}.items():
+            mp.setenv(key, value)
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue() + shown)
+
 
 
 @pytest.fixture

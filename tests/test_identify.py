@@ -7,10 +7,8 @@ A tiny real network is trained once per session on the synthetic dataset, indexe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from herbarium2field.scoring.combine import (
     softmax,
 )
 from herbarium2field.scoring.threshold import choose_threshold
+from tests.conftest import h2f_here
 
 
 def test_photos(data: Path, n: int = 3) -> list[Path]:
@@ -39,16 +38,10 @@ def test_photos(data: Path, n: int = 3) -> list[Path]:
 test_photos.__test__ = False  # a helper, not a test
 
 
-def h2f(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "herbarium2field", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "160", **(env or {})},
-    )
+def h2f(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``h2f ARGS`` through the console script's entry point, in this process (test_cli.py runs each command as
+    a real subprocess; a fresh interpreter here would add 10-15 s of imports per call)."""
+    return h2f_here(*args, env={"COLUMNS": "160", **(env or {})})
 
 
 # ---- the threshold rule and the combination of photos (pure functions) -------------------------------

@@ -28,23 +28,26 @@ from herbarium2field.scoring.taxonomy import Taxonomy, genus_of
 from tests.test_identify import h2f, test_photos
 
 
-@pytest.fixture(scope="module")
-def big_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2,000 synthetic field photos in one folder (and a few files that are not photos)."""
+def photo_folder(base: Path, per_species: int) -> Path:
+    """``10 * per_species`` synthetic field photos in one folder, and a few files that are not photos."""
     from herbarium2field.data.synth.generate import generate_dataset
 
-    root = tmp_path_factory.mktemp("big") / "data"
-    generate_dataset(root, species=10, min_images=2, max_images=3, test_per_species=200, size=64, seed=5, workers=2)
+    root = base / "data"
+    generate_dataset(root, species=10, min_images=2, max_images=3, test_per_species=per_species, size=64, seed=5,
+                     workers=2)
     folder = root / "test"
-    assert len(list(folder.glob("*.jpg"))) == 2000
+    assert len(list(folder.glob("*.jpg"))) == 10 * per_species
     (folder / "notes.txt").write_text("field notes, not a photo\n")
     (folder / "broken.jpg").write_bytes((next(folder.glob("*.jpg"))).read_bytes()[:300])  # truncated JPEG
     return folder
 
 
-def test_killed_prediction_resumes_to_a_byte_identical_file(identify_run, big_folder, tmp_path):
-    args = [str(identify_run), str(big_folder), "--chunk-size", "256", "--workers", "2", "--backend", "torch"]
-    full = h2f("predict", *args, "--out", str(tmp_path / "full.csv"), timeout=900)
+def killed_prediction_resumes(run: Path, folder: Path, photos: int, chunk: int, tmp_path: Path) -> None:
+    """``h2f predict`` killed (SIGKILL) once two chunks are on disk, then run again: it keeps those chunks and
+    writes the same bytes as an uninterrupted run."""
+    chunks = -(-(photos + 1) // chunk)  # (+ the truncated JPEG, which is read and fails)
+    args = [str(run), str(folder), "--chunk-size", str(chunk), "--workers", "2", "--backend", "torch"]
+    full = h2f("predict", *args, "--out", str(tmp_path / "full.csv"))
     assert full.returncode == 0, full.stderr
     out = tmp_path / "killed.csv"
     proc = subprocess.Popen([sys.executable, "-m", "herbarium2field", "predict", *args, "--out", str(out)],
@@ -56,19 +59,29 @@ def test_killed_prediction_resumes_to_a_byte_identical_file(identify_run, big_fo
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(list(parts.glob("chunk-*.parquet")))
-    assert 2 <= done < 8 and not out.exists()  # killed part-way, nothing half-written in place
-    again = h2f("predict", *args, "--out", str(out), timeout=900)
+    assert 2 <= done < chunks and not out.exists()  # killed part-way, nothing half-written in place
+    again = h2f("predict", *args, "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert f"{done} chunk(s) kept from before" in " ".join(again.stdout.split())
     assert out.read_bytes() == (tmp_path / "full.csv").read_bytes()
     table = pd.read_csv(out)
-    assert len(table) == 2000 and table.observation.is_unique and not parts.exists()
+    assert len(table) == photos and table.observation.is_unique and not parts.exists()
     problems = pd.read_csv(out.with_name(out.name + ".problems.csv"))
     assert sorted(Path(f).name for f in problems.file) == ["broken.jpg", "notes.txt"]
     assert {"not-an-image", "unreadable"} == set(problems.kind)
-    card = read_card(identify_run)
+    card = read_card(run)
     assert set(table.species1_class_id.astype(str)) <= set(card.class_ids)
     assert (table.score1 >= table.score2).all() and table.genus.notna().all()
+
+
+def test_killed_prediction_resumes_to_a_byte_identical_file(identify_run, tmp_path):
+    """200 photos in chunks of 24 (the 2,000-photo version is marked slow)."""
+    killed_prediction_resumes(identify_run, photo_folder(tmp_path / "photos", 20), 200, 24, tmp_path)
+
+
+@pytest.mark.slow
+def test_killed_prediction_of_2000_photos_resumes_to_a_byte_identical_file(identify_run, tmp_path):
+    killed_prediction_resumes(identify_run, photo_folder(tmp_path / "photos", 200), 2000, 256, tmp_path)
 
 
 def test_an_unfinished_prediction_made_differently_is_not_mixed_in(identify_run, synth_small, tmp_path):
@@ -101,6 +114,38 @@ def test_observations_from_a_csv_combine_their_photos(identify_run, synth_small,
     assert problems.kind.tolist() == ["missing-image"] and problems.line.tolist() == [6]
     with pytest.raises(H2FError, match="no column 'site'"):
         read_collection(csv, group_by="site")
+
+
+def test_a_list_and_a_csv_name_each_left_out_photo_with_its_line(tmp_path):
+    """data/collection.py directly: a text list and a CSV keep their order and name every photo they leave
+    out (file and line); an input they cannot read at all is one error naming it."""
+    from tests.conftest import write_jpeg
+
+    a, b = write_jpeg(tmp_path / "a.jpg"), write_jpeg(tmp_path / "sub" / "b.jpg", (10, 20, 30))
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    lst = tmp_path / "photos.txt"
+    lst.write_text("# field trip\nsub/b.jpg\n\na.jpg\nsub/b.jpg\nmissing.jpg\nnotes.jpg\n")
+    col = read_collection(lst)
+    assert col.kind == "list" and col.table.path.tolist() == [str(b.resolve()), str(a.resolve())]
+    assert col.table.observation.tolist() == ["sub/b", "a"] and col.table.line.tolist() == [2, 4]
+    assert [(p.kind, p.path, p.line) for p in col.problems] == [
+        ("duplicate", str(lst), 5), ("missing-image", str(lst), 6), ("not-an-image", str(lst), 7)]
+    table = tmp_path / "plants.csv"
+    table.write_text("observation,path\nplant1,a.jpg\nplant1,sub/b.jpg\n,a.jpg\nplant2\nplant3,notes.jpg\n")
+    col = read_collection(table)
+    assert col.kind == "csv" and col.observations == ["plant1"] and col.table.line.tolist() == [2, 3]
+    assert [(p.kind, p.line) for p in col.problems] == [("malformed", 4), ("malformed", 5), ("not-an-image", 6)]
+    assert "empty 'observation'" in col.problems[0].message and "expected 2 columns, got 1" in col.problems[1].message
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("f\xf6to.jpg\n".encode("latin-1"))
+    for source, group_by, says in [(tmp_path / "nowhere", None, "no such folder or file"),
+                                   (tmp_path, "plant", "--group-by needs a CSV input"),
+                                   (lst, "plant", "--group-by needs a CSV input"),
+                                   (tmp_path / "empty.csv", None, "the CSV is empty"),
+                                   (tmp_path / "latin1.txt", None, "cannot read the list")]:
+        with pytest.raises(H2FError, match=says) as err:
+            read_collection(source, group_by=group_by)
+        assert str(source) in str(err.value)
 
 
 def test_plantclef_run_file_round_trips_through_evaluate(identify_run, synth_small, tmp_path):
