@@ -49,14 +49,16 @@ demo: $(STAMP)
 # The suite minus the tests marked slow (each slow path also runs here at a tiny size), with coverage: the
 # per-module table goes to the log and the total must stay above [tool.coverage.report] fail_under. With CI
 # set (.ci/run), a test skipped for a missing browser, shared data or optional package fails (tests/conftest.py).
+# The log lists the 25 slowest tests, to keep the suite within ~10 minutes on 2 cores.
 test: $(STAMP) browser
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15 \
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25 \
 	  --cov=herbarium2field --cov-report=term-missing:skip-covered
 
-# The long tests: full-size versions of the paths the fast suite runs small.
+# The long tests: full-size versions of the paths the fast suite runs small, and every `h2f` command of
+# tests/test_cli.py as a real subprocess.
 test-slow: $(STAMP) browser
-	$(BIN)/python -m pytest -q -m slow --durations=15
+	$(BIN)/python -m pytest -q -m slow --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
