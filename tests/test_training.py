@@ -289,9 +289,6 @@ def test_ddp_on_cpu_with_two_processes(synth_small, runs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="src bug: under trainer.strategy=ddp the frozen warm-up stops DDP "
-                   "('parameters that were not used in producing the loss': DDP wrapped the backbone while it "
-                   "required gradients); trainer.strategy=ddp_find_unused_parameters_true trains")
 def test_ddp_warmup_then_finetuning_on_cpu(synth_small, runs, tmp_path):
     _, rows = ddp_train(synth_small, runs, tmp_path)  # TINY: 2 epochs, 1 frozen
     assert [r["stage"] for r in rows] == ["warmup", "finetune"]

@@ -176,12 +176,17 @@ def _trainer(cfg: ExperimentConfig, paths: RunPaths, *, has_val: bool, progress:
         extra["limit_train_batches"] = t.limit_train_batches
     if t.limit_val_batches is not None:
         extra["limit_val_batches"] = t.limit_val_batches
+    strategy = t.strategy
+    if strategy == "ddp" and cfg.train.warmup_epochs > 0:
+        # DDP wraps the model once, while the backbone still requires gradients; during the frozen warm-up it
+        # produces none, which plain DDP treats as an error. Finding unused parameters costs one graph walk a step.
+        strategy = "ddp_find_unused_parameters_true"
     return L.Trainer(
         default_root_dir=paths.root,
         max_epochs=cfg.train.epochs,
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=strategy,
         num_nodes=t.num_nodes,
         precision=t.precision,  # type: ignore[arg-type]
         deterministic=t.deterministic,
