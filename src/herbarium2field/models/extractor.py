@@ -7,8 +7,9 @@ prediction of collections) holds an :class:`Extractor` and feeds it through
 normalisation. Two implementations:
 
 - :class:`TorchExtractor` wraps an :class:`~herbarium2field.models.network.H2FNet` (embedding + head) or a
-  bare timm backbone (its pooled features are the embedding, no head). On a GPU it runs channels-last
-  under bf16 autocast unless ``precision="fp32"``.
+  bare timm backbone (its pooled features are the embedding, no head). It runs channels-last (on a CPU
+  too: EfficientNet-Lite0 embeds 1.5-1.8x faster on 2 cores, ResNet-50 1.2-1.6x, ConvNeXt V2 the same;
+  outputs agree to ~1e-6), under bf16 autocast on a GPU unless ``precision="fp32"``.
 - :class:`OnnxExtractor` runs the same model exported to ONNX with ONNX Runtime on the CPU.
 """
 
@@ -77,9 +78,7 @@ class TorchExtractor:
         self.device = device or default_device()
         self.amp = autocast_dtype(precision, self.device)
         self.precision = precision
-        self.net = net.to(self.device).eval()
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
         self.pre = pre
         self.has_head = hasattr(net, "embed") and hasattr(net, "head")
         self._dim: int | None = int(net.embedding_dim) if hasattr(net, "embedding_dim") else None
@@ -104,9 +103,7 @@ class TorchExtractor:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             e = pooled(self.net, x)
             logits = self.net.head.logits(e) if self.has_head else None  # type: ignore[attr-defined]
