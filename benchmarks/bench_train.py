@@ -23,7 +23,8 @@ core on a busy machine does not count); each item runs ``--profile-repeats`` tim
 its fastest run is kept. It gives the CPU ms per image of each step (decode, each transform) and of the
 whole item: per core, and robust to the load of a busy machine.
 
-Then training images/s of ours (Lightning) and the plain loop. Runs on a GPU when present (bf16,
+Then training images/s of ours (Lightning) and the plain loop, in ``--train-rounds`` interleaved runs each
+(median reported; each run times ``--steps`` steps after 2 warm-up steps). Runs on a GPU when present (bf16,
 channels_last, all cores as workers). Records the load average before and after.
 
     .venv/bin/python benchmarks/bench_train.py [--backbone convnextv2_nano] [--steps 8] [--batch 16]
@@ -55,7 +56,7 @@ from herbarium2field.data.datamodule import H2FDataModule  # noqa: E402
 from herbarium2field.data.datasets import seeded  # noqa: E402
 from herbarium2field.data.manifest import read_dataset  # noqa: E402
 from herbarium2field.data.synth import generate_dataset  # noqa: E402
-from herbarium2field.data.transforms import ToNormalizedTensor, train_transform  # noqa: E402
+from herbarium2field.data.transforms import ColorTwist, ToNormalizedTensor, train_transform  # noqa: E402
 from herbarium2field.models.backbones import preprocessing_for  # noqa: E402
 from herbarium2field.models.lightning import H2FLightningModule  # noqa: E402
 from herbarium2field.system import load_average, usable_cores  # noqa: E402
@@ -194,11 +195,14 @@ def plain_loader(data: Path, args: argparse.Namespace, transform) -> DataLoader:
 
 def stock_transform(ours: T.Compose) -> T.Compose:
     """Our recipe written with stock torchvision/timm ops only, as a user would by hand: ``ToTensor`` +
-    ``Normalize`` where we use the fused, bit-identical :class:`ToNormalizedTensor`."""
+    ``Normalize`` where we use the fused, bit-identical :class:`ToNormalizedTensor`, torchvision's
+    ``ColorJitter`` with the same ranges where we use the one-matrix :class:`ColorTwist`."""
     steps: list[object] = []
     for step in ours.transforms:
         if isinstance(step, ToNormalizedTensor):
             steps += [T.ToTensor(), T.Normalize(step.mean, step.std)]
+        elif isinstance(step, ColorTwist):
+            steps.append(T.ColorJitter(step.brightness, step.contrast, step.saturation, step.hue))
         else:
             steps.append(step)
     return T.Compose(steps)
@@ -355,6 +359,8 @@ def main() -> None:
     p.add_argument("--profile-items", type=int, default=48,
                    help="images in the in-process per-step profile (per_item_ms; 0: skip it)")
     p.add_argument("--profile-repeats", type=int, default=5, help="runs per image in that profile (fastest kept)")
+    p.add_argument("--train-rounds", type=int, default=3,
+                   help="interleaved training runs per pipeline (median reported)")
     p.add_argument("--no-train", action="store_true", help="loaders only")
     p.add_argument("--name", default=None, help="results file name (default train_cpu / train_gpu)")
     args = p.parse_args()
@@ -401,10 +407,15 @@ def main() -> None:
         per_item = (per_item_profile(dm, data, plain_transform(model), args.profile_items, args.profile_repeats)
                     if args.profile_items > 0 else {})
         train_ips: dict[str, float] = {}
+        train_runs: dict[str, list[float]] = {"herbarium2field": [], "plain ImageFolder": []}
         if not args.no_train:
-            train_ips["herbarium2field"] = our_training(dm, module, args, gpu)
-            train_ips["plain ImageFolder"] = plain_training(
-                model, plain_loader(data, args, plain_transform(model)), args, gpu)
+            plain_train_loader = plain_loader(data, args, plain_transform(model))
+            for r in range(args.train_rounds):  # interleaved, each round starting with the other loop
+                for name in list(train_runs)[r % 2:] + list(train_runs)[:r % 2]:
+                    train_runs[name].append(our_training(dm, module, args, gpu) if name == "herbarium2field"
+                                            else plain_training(model, plain_train_loader, args, gpu))
+            stop_workers(plain_train_loader)
+            train_ips = {k: statistics.median(v) for k, v in train_runs.items()}
     load_after = load_average()
     cores = max(args.workers, 1)
     plain = loader_ips["plain ImageFolder"]
@@ -445,6 +456,8 @@ def main() -> None:
         "loader_batches_per_round": args.loader_batches,
         "loader_rounds": args.rounds,
         "loader_runs_images_per_s": rates,
+        "train_rounds": 0 if args.no_train else args.train_rounds,
+        "train_runs_images_per_s": train_runs if train_ips else {},
         "device": "cuda" if gpu else "cpu",
         "precision": "bf16-mixed + channels_last" if gpu else "fp32",
         "rows": rows,

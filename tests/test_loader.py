@@ -218,3 +218,76 @@ def test_training_source_decodes_big_originals_in_draft_mode(tmp_path: Path, mon
     full = Image.open(tmp_path / rel).convert("RGB").resize(got.size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     diff = np.abs(np.asarray(got, np.int16) - np.asarray(full, np.int16))
     assert diff.mean() < 1.2 and np.percentile(diff, 99) < 5  # a nearest-neighbour resize: 1.9 and 7
+
+
+def _photo(aml_sample: Path) -> Image.Image:
+    return load_rgb(next((aml_sample / "train" / "photo").rglob("*.jpg")), min_side=96).resize((96, 96))
+
+
+def test_color_twist_is_the_jitter_of_pil_up_to_rounding(aml_sample: Path) -> None:
+    """Brightness, contrast and saturation alone give PIL's ImageEnhance results (torchvision's PIL ops) to
+    within one level; no change is no change."""
+    from torchvision.transforms import functional as F
+
+    from herbarium2field.data.transforms import color_twist
+
+    img = _photo(aml_sample)
+    px = lambda im: np.asarray(im).astype(int)  # noqa: E731
+    assert np.array_equal(px(color_twist(img, 1, 1, 1, 0)), px(img))
+    for twisted, reference in [(color_twist(img, 0.8, 1, 1, 0), F.adjust_brightness(img, 0.8)),
+                               (color_twist(img, 1.2, 1, 1, 0), F.adjust_brightness(img, 1.2)),
+                               (color_twist(img, 1, 0.7, 1, 0), F.adjust_contrast(img, 0.7)),
+                               (color_twist(img, 1, 1, 1.3, 0), F.adjust_saturation(img, 1.3)),
+                               (color_twist(img, 1, 1, 0.6, 0), F.adjust_saturation(img, 0.6))]:
+        assert np.abs(px(twisted) - px(reference)).max() <= 1
+
+
+def test_color_twist_hue_turns_like_torchvision_and_keeps_grey(aml_sample: Path) -> None:
+    """Hue is rotated in YIQ, not HSV (not the same pixels as ``adjust_hue``), but in the same direction:
+    red towards yellow, green towards cyan, blue towards magenta for a positive shift. Brightness (luma)
+    stays, a grey image stays grey, and turning back returns the photo up to rounding."""
+    from torchvision.transforms import functional as F
+
+    from herbarium2field.data.transforms import color_twist
+
+    px = lambda im: np.asarray(im).astype(float)  # noqa: E731
+    for colour, up, down in [((200, 30, 30), 1, 2), ((30, 200, 30), 2, 0), ((30, 30, 200), 0, 1)]:
+        pure = Image.new("RGB", (2, 2), colour)
+        for h, rises in ((0.05, up), (-0.05, down)):  # the channel that rises: the neighbour hue's
+            ours, theirs = px(color_twist(pure, 1, 1, 1, h))[0, 0], px(F.adjust_hue(pure, h))[0, 0]
+            assert ours[rises] > colour[rises] + 10 and theirs[rises] > colour[rises] + 10, (colour, h)
+    grey = Image.new("RGB", (8, 8), (100, 100, 100))
+    assert np.unique(px(color_twist(grey, 1.0, 0.9, 1.3, 0.3))).tolist() == [100.0]
+    img = _photo(aml_sample)
+    luma = np.array([0.299, 0.587, 0.114])
+    turned = color_twist(img, 1, 1, 1, 0.05)
+    assert np.abs(px(turned) @ luma - px(img) @ luma).mean() < 1.0
+    assert np.abs(px(color_twist(turned, 1, 1, 1, -0.05)) - px(img)).mean() < 1.0
+    assert np.abs(px(turned) - px(img)).mean() > 1.0
+
+
+def test_color_twist_draws_the_jitter_ranges_from_the_item_seed(aml_sample: Path) -> None:
+    from herbarium2field.data.transforms import ColorTwist
+
+    twist = ColorTwist(0.2, 0.3, 0.4, 0.05)
+    torch.manual_seed(0)
+    draws = np.array([twist.draw() for _ in range(2000)])
+    for k, (lo, hi) in enumerate([(0.8, 1.2), (0.7, 1.3), (0.6, 1.4), (-0.05, 0.05)]):
+        assert lo <= draws[:, k].min() < lo + 0.01 and hi - 0.01 < draws[:, k].max() <= hi
+    img = _photo(aml_sample)
+    torch.manual_seed(5)
+    a = np.asarray(twist(img))
+    torch.manual_seed(5)
+    assert np.array_equal(a, np.asarray(twist(img)))
+    assert not np.array_equal(a, np.asarray(twist(img)))
+    with pytest.raises(ValueError, match="hue"):
+        ColorTwist(0.2, 0.2, 0.2, 0.6)
+
+
+def test_jitter_op_chooses_the_fused_twist_or_torchvision() -> None:
+    from herbarium2field.data.transforms import ColorTwist
+
+    ops = {op: [type(s) for s in train_transform(AugmentConfig(color_jitter=0.2, jitter_op=op), PRE,
+                                                 domain="field").transforms] for op in ("twist", "torchvision")}
+    assert ColorTwist in ops["twist"] and T.ColorJitter not in ops["twist"]
+    assert T.ColorJitter in ops["torchvision"] and ColorTwist not in ops["torchvision"]
