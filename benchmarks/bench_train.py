@@ -196,13 +196,15 @@ def plain_loader(data: Path, args: argparse.Namespace, transform) -> DataLoader:
 def stock_transform(ours: T.Compose) -> T.Compose:
     """Our recipe written with stock torchvision/timm ops only, as a user would by hand: ``ToTensor`` +
     ``Normalize`` where we use the fused, bit-identical :class:`ToNormalizedTensor`, torchvision's
-    ``ColorJitter`` with the same ranges where we use the one-matrix :class:`ColorTwist`."""
+    ``ColorJitter`` (+ ``RandomGrayscale``) with the same ranges where we use the one-matrix :class:`ColorTwist`."""
     steps: list[object] = []
     for step in ours.transforms:
         if isinstance(step, ToNormalizedTensor):
             steps += [T.ToTensor(), T.Normalize(step.mean, step.std)]
         elif isinstance(step, ColorTwist):
             steps.append(T.ColorJitter(step.brightness, step.contrast, step.saturation, step.hue))
+            if step.grayscale:
+                steps.append(T.RandomGrayscale(step.grayscale))
         else:
             steps.append(step)
     return T.Compose(steps)

@@ -259,6 +259,14 @@ def test_color_twist_hue_turns_like_torchvision_and_keeps_grey(aml_sample: Path)
     grey = Image.new("RGB", (8, 8), (100, 100, 100))
     assert np.unique(px(color_twist(grey, 1.0, 0.9, 1.3, 0.3))).tolist() == [100.0]
     img = _photo(aml_sample)
+    # grey=True: RandomGrayscale's result (PIL's "L" weights) of the twisted image, to within one level where
+    # the colour result does not clip (the fused map takes the luma before clipping)
+    greyed = px(color_twist(img, 0.9, 1.1, 1.2, 0.05, grey=True))
+    assert (greyed[..., 0] == greyed[..., 1]).all() and (greyed[..., 1] == greyed[..., 2]).all()
+    colour = color_twist(img, 0.9, 1.1, 1.2, 0.05)
+    inside = ((px(colour) > 0) & (px(colour) < 255)).all(axis=2)
+    assert inside.mean() > 0.2  # a dark photo: many pixels have a channel at 0
+    assert np.abs(greyed - px(colour.convert("L").convert("RGB")))[inside].max() <= 1
     luma = np.array([0.299, 0.587, 0.114])
     turned = color_twist(img, 1, 1, 1, 0.05)
     assert np.abs(px(turned) @ luma - px(img) @ luma).mean() < 1.0
@@ -269,11 +277,12 @@ def test_color_twist_hue_turns_like_torchvision_and_keeps_grey(aml_sample: Path)
 def test_color_twist_draws_the_jitter_ranges_from_the_item_seed(aml_sample: Path) -> None:
     from herbarium2field.data.transforms import ColorTwist
 
-    twist = ColorTwist(0.2, 0.3, 0.4, 0.05)
+    twist = ColorTwist(0.2, 0.3, 0.4, 0.05, grayscale=0.1)
     torch.manual_seed(0)
-    draws = np.array([twist.draw() for _ in range(2000)])
+    draws = np.array([twist.draw() for _ in range(2000)], dtype=float)
     for k, (lo, hi) in enumerate([(0.8, 1.2), (0.7, 1.3), (0.6, 1.4), (-0.05, 0.05)]):
         assert lo <= draws[:, k].min() < lo + 0.01 and hi - 0.01 < draws[:, k].max() <= hi
+    assert 0.08 < draws[:, 4].mean() < 0.12  # grey one time in ten
     img = _photo(aml_sample)
     torch.manual_seed(5)
     a = np.asarray(twist(img))
@@ -287,7 +296,11 @@ def test_color_twist_draws_the_jitter_ranges_from_the_item_seed(aml_sample: Path
 def test_jitter_op_chooses_the_fused_twist_or_torchvision() -> None:
     from herbarium2field.data.transforms import ColorTwist
 
-    ops = {op: [type(s) for s in train_transform(AugmentConfig(color_jitter=0.2, jitter_op=op), PRE,
-                                                 domain="field").transforms] for op in ("twist", "torchvision")}
-    assert ColorTwist in ops["twist"] and T.ColorJitter not in ops["twist"]
-    assert T.ColorJitter in ops["torchvision"] and ColorTwist not in ops["torchvision"]
+    def ops(**aug: object) -> list[type]:
+        return [type(s) for s in train_transform(AugmentConfig(**aug), PRE, domain="field").transforms]
+
+    twist = ops(color_jitter=0.2, grayscale=0.1)
+    assert ColorTwist in twist and T.ColorJitter not in twist and T.RandomGrayscale not in twist
+    torchvision = ops(color_jitter=0.2, grayscale=0.1, jitter_op="torchvision")
+    assert {T.ColorJitter, T.RandomGrayscale} <= set(torchvision) and ColorTwist not in torchvision
+    assert T.RandomGrayscale in ops(grayscale=0.1) and ColorTwist not in ops(grayscale=0.1)  # no jitter

@@ -95,18 +95,22 @@ _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523,
 _YIQ_INV = np.linalg.inv(_YIQ)
 
 
-def color_twist(img: Image.Image, brightness: float, contrast: float, saturation: float, hue: float) -> Image.Image:
+def color_twist(img: Image.Image, brightness: float, contrast: float, saturation: float, hue: float,
+                grey: bool = False) -> Image.Image:
     """Brightness, contrast and saturation factors (1 = unchanged) and a hue shift in turns, as one affine
     colour map ``x' = c·b·H·S·x + (1 - c)·b·m`` that PIL applies in one pass (``convert`` with a matrix).
     ``S = s·I + (1 - s)·1·lumaᵀ`` blends with the grey image (as PIL's ImageEnhance.Color), ``H`` rotates hue
     in YIQ space (both keep grey grey; the direction of torchvision's HSV shift) and ``m`` is the mean grey
-    level that contrast blends towards (as ImageEnhance.Contrast)."""
+    level that contrast blends towards (as ImageEnhance.Contrast). ``grey`` then takes the luma of the result
+    (as ``RandomGrayscale``): one more matrix, no second pass."""
     if img.mode != "RGB":
         img = img.convert("RGB")
     theta = -hue * 2 * np.pi
     rot = np.array([[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]])
     sat = saturation * np.eye(3) + (1 - saturation) * np.outer(np.ones(3), _LUMA)
     m = contrast * brightness * (_YIQ_INV @ rot @ _YIQ) @ sat
+    if grey:
+        m = np.outer(np.ones(3), _LUMA) @ m  # the offset is grey already: luma · 1 = 1
     offset = (1 - contrast) * brightness * float(np.asarray(ImageStat.Stat(img).mean) @ _LUMA)
     return img.convert("RGB", tuple(np.hstack([m, np.full((3, 1), offset)]).ravel().tolist()))
 
@@ -119,24 +123,27 @@ class ColorTwist:
     training item cost (docs/performance.md); the fused map costs about 0.6 ms, and the loader is what
     keeps a GPU fed. Draws come from torch's generator, which the training dataset seeds per item."""
 
-    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float) -> None:
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float,
+                 grayscale: float = 0.0) -> None:
         if not 0 <= hue <= 0.5:
             raise ValueError(f"hue jitter must be in [0, 0.5], got {hue}")
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.grayscale = grayscale  # probability of a grey result (RandomGrayscale folded into the matrix)
 
-    def draw(self) -> tuple[float, float, float, float]:
-        """``(brightness, contrast, saturation, hue)`` as ColorJitter draws them (uniform in its ranges)."""
-        u = torch.rand(4, dtype=torch.float64).tolist()
+    def draw(self) -> tuple[float, float, float, float, bool]:
+        """``(brightness, contrast, saturation, hue, grey)``: the factors uniform in ColorJitter's ranges, grey
+        with probability ``grayscale``."""
+        u = torch.rand(5, dtype=torch.float64).tolist()
         b, c, s = (max(0.0, 1 - j) + u[k] * (1 + j - max(0.0, 1 - j))
                    for k, j in enumerate((self.brightness, self.contrast, self.saturation)))
-        return b, c, s, (2 * u[3] - 1) * self.hue
+        return b, c, s, (2 * u[3] - 1) * self.hue, u[4] < self.grayscale
 
     def __call__(self, img: Image.Image) -> Image.Image:
         return color_twist(img, *self.draw())
 
     def __repr__(self) -> str:
         return (f"ColorTwist(brightness={self.brightness}, contrast={self.contrast}, "
-                f"saturation={self.saturation}, hue={self.hue})")
+                f"saturation={self.saturation}, hue={self.hue}, grayscale={self.grayscale})")
 
 
 def train_transform(aug: AugmentConfig, pre: Preprocessing, *, domain: str,
@@ -159,12 +166,14 @@ def train_transform(aug: AugmentConfig, pre: Preprocessing, *, domain: str,
         steps.append(T.RandomVerticalFlip(aug.vflip))
     if aug.rotate90:
         steps.append(RandomRotate90(aug.rotate90))
-    if aug.color_jitter:
-        j = aug.color_jitter
-        op = ColorTwist if aug.jitter_op == "twist" else T.ColorJitter
-        steps.append(op(j, j, j, min(0.5, j / 4)))
-    if aug.grayscale:
-        steps.append(T.RandomGrayscale(aug.grayscale))
+    j = aug.color_jitter
+    if j and aug.jitter_op == "twist":  # jitter and random grey in one colour matrix
+        steps.append(ColorTwist(j, j, j, min(0.5, j / 4), grayscale=aug.grayscale))
+    else:
+        if j:
+            steps.append(T.ColorJitter(j, j, j, min(0.5, j / 4)))
+        if aug.grayscale:
+            steps.append(T.RandomGrayscale(aug.grayscale))
     if aug.blur:
         steps.append(T.RandomApply([T.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=aug.blur))
     steps.append(ToNormalizedTensor(pre.mean, pre.std))
