@@ -1,7 +1,7 @@
 """Exact resume: a real ``h2f train`` process killed with SIGKILL and continued with ``--resume`` ends with the
 same checkpoint, tensor for tensor, as the same run left alone (CPU), and two runs in separate processes agree.
 
-Every run here uses loader workers (persistent, so their state outlives an epoch) and the recommended recipe's
+Every run here uses loader workers (persistent, so their state outlives an epoch), the colour twist and
 background swap, whose field photos are drawn at random per item. Kill points are found from what the run
 itself writes, never from timing: ``checkpoints/last.ckpt`` for "after epoch e", and the per-step
 ``train/loss_step`` scalars in its TensorBoard events (``trainer.log_every_n_steps=1``) for "in the middle of

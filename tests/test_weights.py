@@ -129,13 +129,13 @@ def test_offline_lite0_features_equal_the_pypi_packages_own_model(aml_sample):
 
 def test_onnx_export_of_an_efficientnet_lite0_run_matches_pytorch_at_the_documented_tolerance(aml_sample, tmp_path):
     """docs/identification.md: both backends give the same top-5 and embeddings within 3e-7 — for the network
-    `h2f train recommended_lite0_cpu` makes (offline Lite0 trunk, 512-d neck, ArcFace head), on real photos."""
+    `h2f train lite0_cpu_arcface` makes (offline Lite0 trunk, 512-d neck, ArcFace head), on real photos."""
     from herbarium2field.config import load_config
     from herbarium2field.identify.export import _NetworkGraph, compare_with_eager, export_module
     from herbarium2field.models.extractor import OnnxExtractor
     from herbarium2field.models.network import H2FNet
 
-    cfg = load_config("recommended_lite0_cpu", [])
+    cfg = load_config("lite0_cpu_arcface", [])
     torch.manual_seed(0)
     net = H2FNet(cfg.model, 100).eval()
     pre = preprocessing_for(net.backbone, weights=cfg.model.weights, image_size=cfg.data.image_size)
