@@ -192,12 +192,17 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def tiny_run(synth_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained ArcFace run on ``synth_small`` shared by evaluation/identification tests (read-only use)."""
+    """A trained ArcFace run on ``synth_small`` shared by evaluation/identification tests (read-only use).
+
+    It ranks by its classifier (``inference.mode=classifier``): with ``auto`` the choice on its few validation
+    photos flips with any change to training, and the tests built on it would test that coin, not their
+    command. Runs whose own choice is a prototype ranking: ``test_evaluate.py::auto_prototype_run``."""
     from herbarium2field.config import load_config
     from herbarium2field.training.train import train
 
     runs = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [f"data.root={synth_small}", "name=tiny", *TINY, "train.epochs=3"])
+    cfg = load_config(None, [f"data.root={synth_small}", "name=tiny", *TINY, "train.epochs=3",
+                             "inference.mode=classifier"])
     return train(cfg, progress=False, runs_root=runs).root
 
 

@@ -164,6 +164,33 @@ def test_compare_tsne_and_report(run, tmp_path):
     assert "without pairs" in md_path.read_text()
 
 
+def test_a_run_that_chose_a_prototype_ranking_itself(run, tmp_path):
+    """``inference.mode: auto`` may pick a prototype ranking (labelled ``auto-prototype-<source>``): evaluation
+    uses it by default, pairs it with the classifier for ``--mode both``, reuses its chosen weights when the
+    same source is asked for, and compare/report read its folder. (A label parsing bug once made every such
+    run fail with "unknown prototype source 'prototype-shifted'".)"""
+    from herbarium2field.run.artefacts import InferenceChoice
+
+    card = read_card(run)
+    own = InferenceChoice.load(run, card)
+    chosen = InferenceChoice(mode="prototype", prototype_source="shifted", field_weight=0.3, shift=0.8,
+                             scale=own.scale, label="auto-prototype-shifted", declared=own.declared,
+                             evidence={"rule": "written by this test"})
+    chosen.save(run, card)
+    (res,) = evaluate_run(run, n_boot=0)
+    assert res.out_dir.name == "test-auto-prototype-shifted" and res.metrics["groups"]["overall"]["n"] == 12
+    both = evaluate_run(run, mode="both", n_boot=0)
+    assert [r.mode for r in both] == ["classifier", "auto-prototype-shifted"]
+    (same,) = evaluate_run(run, mode="prototype", prototype_source="shifted", n_boot=0)
+    assert same.mode == "auto-prototype-shifted"  # the run's own weights (0.3, 0.8), not the defaults
+    (plain,) = evaluate_run(run, mode="prototype", prototype_source="both", n_boot=0)
+    assert plain.mode == "prototype-both"
+    table, md, _ = compare([run], tmp_path / "cmp")
+    assert {"classifier", "auto-prototype-shifted", "prototype-both"} <= set(table["mode"])
+    md_path, _ = build_report(run)
+    assert "auto-prototype-shifted" in md_path.read_text()
+
+
 def test_bad_run_directory(tmp_path, run):
     with pytest.raises(H2FError, match="model_card.json"):
         evaluate_run(tmp_path)

@@ -61,7 +61,8 @@ def ranking_choices(model: RunModel, mode: str | None = None, prototype_source: 
     if mode in ("classifier", "both"):
         out.append(InferenceChoice(mode="classifier", label="classifier", scale=own.scale))
     if mode in ("prototype", "both"):
-        own_source = own.label.partition("-")[2] if own.mode == "prototype" else None
+        # the source as declared (calibrated stays calibrated); an `auto` choice is labelled auto-prototype-<source>
+        own_source = own.label.removeprefix("auto-").partition("-")[2] if own.mode == "prototype" else None
         source = prototype_source or own_source or "both"
         if source not in SOURCES:
             raise H2FError(f"unknown prototype source {source!r}; choose from {', '.join(SOURCES)}")
