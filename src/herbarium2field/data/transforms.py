@@ -120,8 +120,8 @@ class ColorTwist:
     :func:`color_twist`): the ranges of ``T.ColorJitter(brightness, contrast, saturation, hue)``, applied in a
     fixed order (brightness, contrast, saturation, hue) without clipping in between, hue rotated in YIQ
     space instead of HSV. Why: torchvision's PIL hue step converts to HSV and back, 3.7 of the 8.3 CPU ms a
-    training item cost (docs/performance.md); the fused map costs about 0.6 ms, and the loader is what
-    keeps a GPU fed. Draws come from torch's generator, which the training dataset seeds per item."""
+    training item cost (docs/performance.md); the fused map, random grey included, costs 0.9 ms, and the
+    loader is what keeps a GPU fed. Draws come from torch's generator, which the training dataset seeds per item."""
 
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float,
                  grayscale: float = 0.0) -> None:
@@ -166,12 +166,12 @@ def train_transform(aug: AugmentConfig, pre: Preprocessing, *, domain: str,
         steps.append(T.RandomVerticalFlip(aug.vflip))
     if aug.rotate90:
         steps.append(RandomRotate90(aug.rotate90))
-    j = aug.color_jitter
+    j, hue = aug.color_jitter, min(0.5, aug.color_jitter / 4)
     if j and aug.jitter_op == "twist":  # jitter and random grey in one colour matrix
-        steps.append(ColorTwist(j, j, j, min(0.5, j / 4), grayscale=aug.grayscale))
+        steps.append(ColorTwist(j, j, j, hue, grayscale=aug.grayscale))
     else:
         if j:
-            steps.append(T.ColorJitter(j, j, j, min(0.5, j / 4)))
+            steps.append(T.ColorJitter(j, j, j, hue))
         if aug.grayscale:
             steps.append(T.RandomGrayscale(aug.grayscale))
     if aug.blur:
